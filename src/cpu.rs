@@ -1,0 +1,317 @@
+//! The CPU reference executor: runs a [`Network`] layer by layer with the plain loops of
+//! [`crate::reference`]. [`network_forward`] and [`network_backward`] are generic over the float
+//! type, so the same code trains in f32 and checks gradients in f64.
+
+use anyhow::Result;
+use num_traits::Float;
+
+use crate::data::{Dataset, Normalization, Split, IMAGE_PIXELS};
+use crate::executor::{Diverged, Executor, Metrics, Sgd};
+use crate::network::{dropout_seed, Network};
+use crate::reference as r;
+use crate::spec::{Layer, Loss};
+
+/// Dropout state of one pass: `None` at evaluation (dropout is the identity), else the run seed
+/// and the global step number.
+pub type DropoutKey = Option<(u64, u32)>;
+
+/// Forward through every layer. Returns the activations: `[0]` is the input, `[i + 1]` the output
+/// of layer `i`; the last one holds the logits `[batch, classes]`.
+pub fn network_forward<T: Float>(
+    net: &Network,
+    params: &[Vec<T>],
+    input: Vec<T>,
+    batch: usize,
+    dropout: DropoutKey,
+) -> Vec<Vec<T>> {
+    let mut activations = vec![input];
+    for l in &net.layers {
+        let x = activations.last().expect("the input is always there");
+        let mut y = vec![T::zero(); batch * l.output.len()];
+        let bias = l.bias.map(|b| params[b].as_slice());
+        match l.layer {
+            Layer::Conv2d { .. } => r::conv2d_forward(
+                &l.conv_shape(batch),
+                x,
+                &params[l.weight.unwrap()],
+                bias,
+                &mut y,
+            ),
+            Layer::MaxPool2d { .. } => r::max_pool2d_forward(&l.pool_shape(batch), x, &mut y),
+            Layer::AvgPool2d { .. } => r::avg_pool2d_forward(&l.pool_shape(batch), x, &mut y),
+            Layer::Flatten => y.copy_from_slice(x),
+            Layer::Dense { .. } => r::dense_forward(
+                &l.dense_shape(batch),
+                x,
+                &params[l.weight.unwrap()],
+                bias,
+                &mut y,
+            ),
+            Layer::Relu => r::relu_forward(x, &mut y),
+            Layer::Tanh => r::tanh_forward(x, &mut y),
+            Layer::Sigmoid => r::sigmoid_forward(x, &mut y),
+            Layer::Dropout { p } => match dropout {
+                Some((seed, step)) => {
+                    r::dropout_forward(p, dropout_seed(seed, l.index), step, x, &mut y)
+                }
+                None => y.copy_from_slice(x),
+            },
+        }
+        activations.push(y);
+    }
+    activations
+}
+
+/// The batch-mean loss of the logits.
+pub fn loss_forward<T: Float>(loss: Loss, classes: usize, logits: &[T], labels: &[u8]) -> T {
+    match loss {
+        Loss::SoftmaxCrossEntropy => r::softmax_cross_entropy_forward(classes, logits, labels),
+        Loss::SigmoidBinaryCrossEntropy => {
+            r::sigmoid_binary_cross_entropy_forward(classes, logits, labels)
+        }
+        Loss::SigmoidMeanSquaredError => {
+            r::sigmoid_mean_squared_error_forward(classes, logits, labels)
+        }
+    }
+}
+
+/// The gradient of the batch-mean loss with respect to the logits.
+pub fn loss_backward<T: Float>(loss: Loss, classes: usize, logits: &[T], labels: &[u8]) -> Vec<T> {
+    let mut d_logits = vec![T::zero(); logits.len()];
+    match loss {
+        Loss::SoftmaxCrossEntropy => {
+            r::softmax_cross_entropy_backward(classes, logits, labels, &mut d_logits)
+        }
+        Loss::SigmoidBinaryCrossEntropy => {
+            r::sigmoid_binary_cross_entropy_backward(classes, logits, labels, &mut d_logits)
+        }
+        Loss::SigmoidMeanSquaredError => {
+            r::sigmoid_mean_squared_error_backward(classes, logits, labels, &mut d_logits)
+        }
+    }
+    d_logits
+}
+
+/// Backward through every layer, from the gradient of the loss with respect to the logits.
+/// Returns one gradient per parameter tensor, in [`Network::params`] order.
+pub fn network_backward<T: Float>(
+    net: &Network,
+    params: &[Vec<T>],
+    activations: &[Vec<T>],
+    d_logits: Vec<T>,
+    batch: usize,
+    dropout: DropoutKey,
+) -> Vec<Vec<T>> {
+    let mut grads: Vec<Vec<T>> = net
+        .params
+        .iter()
+        .map(|p| vec![T::zero(); p.len()])
+        .collect();
+    let mut d_y = d_logits;
+    for (i, l) in net.layers.iter().enumerate().rev() {
+        let (x, y) = (&activations[i], &activations[i + 1]);
+        let mut d_x = vec![T::zero(); x.len()];
+        match l.layer {
+            Layer::Conv2d { .. } => {
+                let s = l.conv_shape(batch);
+                let w = l.weight.unwrap();
+                let mut d_w = std::mem::take(&mut grads[w]);
+                let mut d_b = l.bias.map(|b| std::mem::take(&mut grads[b]));
+                r::conv2d_backward_weight(&s, x, &d_y, &mut d_w, d_b.as_deref_mut());
+                if i > 0 {
+                    r::conv2d_backward_input(&s, &d_y, &params[w], &mut d_x);
+                }
+                grads[w] = d_w;
+                if let (Some(b), Some(d_b)) = (l.bias, d_b) {
+                    grads[b] = d_b;
+                }
+            }
+            Layer::MaxPool2d { .. } => {
+                r::max_pool2d_backward(&l.pool_shape(batch), x, &d_y, &mut d_x)
+            }
+            Layer::AvgPool2d { .. } => r::avg_pool2d_backward(&l.pool_shape(batch), &d_y, &mut d_x),
+            Layer::Flatten => d_x.copy_from_slice(&d_y),
+            Layer::Dense { .. } => {
+                let s = l.dense_shape(batch);
+                let w = l.weight.unwrap();
+                let mut d_w = std::mem::take(&mut grads[w]);
+                let mut d_b = l.bias.map(|b| std::mem::take(&mut grads[b]));
+                r::dense_backward_weight(&s, x, &d_y, &mut d_w, d_b.as_deref_mut());
+                if i > 0 {
+                    r::dense_backward_input(&s, &d_y, &params[w], &mut d_x);
+                }
+                grads[w] = d_w;
+                if let (Some(b), Some(d_b)) = (l.bias, d_b) {
+                    grads[b] = d_b;
+                }
+            }
+            Layer::Relu => r::relu_backward(y, &d_y, &mut d_x),
+            Layer::Tanh => r::tanh_backward(y, &d_y, &mut d_x),
+            Layer::Sigmoid => r::sigmoid_backward(y, &d_y, &mut d_x),
+            Layer::Dropout { p } => match dropout {
+                Some((seed, step)) => {
+                    r::dropout_backward(p, dropout_seed(seed, l.index), step, &d_y, &mut d_x)
+                }
+                None => d_x.copy_from_slice(&d_y),
+            },
+        }
+        d_y = d_x;
+    }
+    grads
+}
+
+/// The normalised images `indices` of `data`, as one NCHW batch.
+pub fn gather_batch(data: &Dataset, indices: &[u32], norm: Normalization) -> (Vec<f32>, Vec<u8>) {
+    let mut images = Vec::with_capacity(indices.len() * IMAGE_PIXELS);
+    let mut labels = Vec::with_capacity(indices.len());
+    for &i in indices {
+        images.extend(data.image(i as usize).iter().map(|&p| norm.apply(p)));
+        labels.push(data.labels[i as usize]);
+    }
+    (images, labels)
+}
+
+/// The CPU reference executor: the specification, run as it is written.
+pub struct CpuReference {
+    net: Network,
+    params: Vec<Vec<f32>>,
+    velocity: Vec<Vec<f32>>,
+    train: Dataset,
+    test: Dataset,
+    norm: Normalization,
+    seed: u64,
+    order: Vec<u32>,
+    metrics: Metrics,
+}
+
+/// Evaluation runs in batches of this many images (any size gives the same answer).
+const EVAL_BATCH: usize = 256;
+
+impl CpuReference {
+    pub fn new(
+        net: Network,
+        params: Vec<Vec<f32>>,
+        train: Dataset,
+        test: Dataset,
+        norm: Normalization,
+        seed: u64,
+    ) -> Self {
+        let velocity = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        CpuReference {
+            net,
+            params,
+            velocity,
+            train,
+            test,
+            norm,
+            seed,
+            order: Vec::new(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// One forward and backward pass: returns (batch-mean loss, correct count, gradients).
+    pub fn forward_backward(
+        &self,
+        images: Vec<f32>,
+        labels: &[u8],
+        step: u32,
+    ) -> (f32, usize, Vec<Vec<f32>>) {
+        let batch = labels.len();
+        let dropout = Some((self.seed, step));
+        let activations = network_forward(&self.net, &self.params, images, batch, dropout);
+        let logits = activations.last().unwrap();
+        let classes = self.net.classes();
+        let loss = loss_forward(self.net.loss(), classes, logits, labels);
+        let correct = r::count_correct(classes, logits, labels);
+        let d_logits = loss_backward(self.net.loss(), classes, logits, labels);
+        let grads = network_backward(
+            &self.net,
+            &self.params,
+            &activations,
+            d_logits,
+            batch,
+            dropout,
+        );
+        (loss, correct, grads)
+    }
+}
+
+impl Executor for CpuReference {
+    fn device(&self) -> String {
+        "CPU reference (plain loops, one thread)".to_string()
+    }
+
+    fn network(&self) -> &Network {
+        &self.net
+    }
+
+    fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
+        for (info, p) in self.net.params.iter().zip(params) {
+            anyhow::ensure!(
+                p.len() == info.len(),
+                "parameter {}: {} values, expected {}",
+                info.name,
+                p.len(),
+                info.len()
+            );
+        }
+        anyhow::ensure!(
+            params.len() == self.net.params.len(),
+            "{} parameter tensors, expected {}",
+            params.len(),
+            self.net.params.len()
+        );
+        self.params = params.to_vec();
+        self.velocity.iter_mut().for_each(|v| v.fill(0.0));
+        Ok(())
+    }
+
+    fn parameters(&mut self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.params.clone())
+    }
+
+    fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
+        self.order = order.to_vec();
+        Ok(())
+    }
+
+    fn train_step(&mut self, start: usize, len: usize, step: u32, sgd: Sgd) -> Result<()> {
+        let (images, labels) =
+            gather_batch(&self.train, &self.order[start..start + len], self.norm);
+        let (loss, correct, grads) = self.forward_backward(images, &labels, step);
+        if !loss.is_finite() {
+            return Err(Diverged { step, loss }.into());
+        }
+        for ((p, g), v) in self.params.iter_mut().zip(&grads).zip(&mut self.velocity) {
+            r::sgd_update(sgd.lr, sgd.momentum, p, g, v);
+        }
+        self.metrics.loss_sum += loss as f64 * len as f64;
+        self.metrics.correct += correct as u64;
+        self.metrics.count += len as u64;
+        Ok(())
+    }
+
+    fn take_train_metrics(&mut self) -> Result<Metrics> {
+        Ok(std::mem::take(&mut self.metrics))
+    }
+
+    fn evaluate(&mut self, split: Split) -> Result<Metrics> {
+        let data = match split {
+            Split::Train => &self.train,
+            Split::Test => &self.test,
+        };
+        let mut metrics = Metrics::default();
+        let all: Vec<u32> = (0..data.len() as u32).collect();
+        for chunk in all.chunks(EVAL_BATCH) {
+            let (images, labels) = gather_batch(data, chunk, self.norm);
+            let activations = network_forward(&self.net, &self.params, images, chunk.len(), None);
+            let logits = activations.last().unwrap();
+            let loss = loss_forward(self.net.loss(), self.net.classes(), logits, &labels);
+            metrics.loss_sum += loss as f64 * chunk.len() as f64;
+            metrics.correct += r::count_correct(self.net.classes(), logits, &labels) as u64;
+            metrics.count += chunk.len() as u64;
+        }
+        Ok(metrics)
+    }
+}

@@ -1,0 +1,414 @@
+//! MNIST loading: IDX files (gzip-compressed or not) and the one-image-a-row CSV layout.
+//!
+//! Everything read is checked: the IDX magic number and dimensions, that image and label counts
+//! agree, labels in 0..=9, pixel values in 0..=255, files that are truncated or too long, and gzip
+//! streams that are corrupt. Every error names the file, what was wrong and what was expected.
+//!
+//! Images stay as `u8` (60000 images as f32 would exceed the GPU's default storage-binding limit);
+//! [`Normalization`] turns a pixel into the network's input value.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// MNIST images are 28x28; every network in this crate is built for that input.
+pub const IMAGE_SIDE: usize = 28;
+pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
+pub const NUM_CLASSES: usize = 10;
+
+const IDX_IMAGES_MAGIC: u32 = 0x0000_0803;
+const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// A data-loading error: which file, and what was wrong with it compared to what was expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.problem)
+    }
+}
+
+impl std::error::Error for DataError {}
+
+fn err<T>(path: &Path, problem: impl Into<String>) -> Result<T, DataError> {
+    Err(DataError {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    })
+}
+
+/// A set of 28x28 grayscale images with their labels, pixels as stored (0-255), row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// `len() * IMAGE_PIXELS` bytes, image after image.
+    pub images: Vec<u8>,
+    /// One label 0..=9 per image.
+    pub labels: Vec<u8>,
+    /// Where it came from, for messages.
+    pub source: String,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image(&self, index: usize) -> &[u8] {
+        &self.images[index * IMAGE_PIXELS..(index + 1) * IMAGE_PIXELS]
+    }
+
+    /// Keep only the first `n` images (all of them if `n` is larger).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.labels.truncate(n);
+            self.images.truncate(n * IMAGE_PIXELS);
+        }
+    }
+}
+
+/// How a stored pixel (0-255) becomes an input value: `(pixel / 255 - mean) / std`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Normalization {
+    /// Pixels scaled to [0, 1]: the default, as in the notebooks.
+    pub const UNIT: Normalization = Normalization {
+        mean: 0.0,
+        std: 1.0,
+    };
+    /// The mean and standard deviation of the MNIST training set, as PyTorch's examples use.
+    pub const STANDARD: Normalization = Normalization {
+        mean: 0.1307,
+        std: 0.3081,
+    };
+
+    pub fn apply(&self, pixel: u8) -> f32 {
+        (pixel as f32 / 255.0 - self.mean) / self.std
+    }
+}
+
+/// Which half of MNIST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl Split {
+    fn idx_stems(self) -> (&'static [&'static str], &'static [&'static str]) {
+        // The names MNIST is distributed under: LeCun's site uses dashes, many mirrors a dot.
+        match self {
+            Split::Train => (
+                &["train-images-idx3-ubyte", "train-images.idx3-ubyte"],
+                &["train-labels-idx1-ubyte", "train-labels.idx1-ubyte"],
+            ),
+            Split::Test => (
+                &["t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"],
+                &["t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"],
+            ),
+        }
+    }
+
+    fn csv_names(self) -> &'static [&'static str] {
+        match self {
+            Split::Train => &["mnist_train.csv", "train.csv"],
+            Split::Test => &["mnist_test.csv", "test.csv"],
+        }
+    }
+}
+
+fn find_file(dir: &Path, stems: &[&str]) -> Option<PathBuf> {
+    for stem in stems {
+        for suffix in ["", ".gz"] {
+            let candidate = dir.join(format!("{stem}{suffix}"));
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// Load one split of MNIST from `dir`: the IDX pair if present (gzip or not), else a CSV file.
+pub fn load_split(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+    if !dir.is_dir() {
+        return err(
+            dir,
+            "no such directory; expected a folder holding the MNIST files (the default is assets/mnist)",
+        );
+    }
+    let (image_stems, label_stems) = split.idx_stems();
+    let images = find_file(dir, image_stems);
+    let labels = find_file(dir, label_stems);
+    match (images, labels) {
+        (Some(images), Some(labels)) => load_idx_pair(&images, &labels),
+        (Some(images), None) => err(
+            &images,
+            format!(
+                "found the images but no labels file beside it; expected one of {} (optionally .gz)",
+                label_stems.join(", ")
+            ),
+        ),
+        (None, Some(labels)) => err(
+            &labels,
+            format!(
+                "found the labels but no images file beside it; expected one of {} (optionally .gz)",
+                image_stems.join(", ")
+            ),
+        ),
+        (None, None) => {
+            for name in split.csv_names() {
+                let path = dir.join(name);
+                if path.is_file() {
+                    return load_csv(&path);
+                }
+            }
+            err(
+                dir,
+                format!(
+                    "no MNIST {} set here; expected {} and {} (optionally .gz) or {}",
+                    match split {
+                        Split::Train => "training",
+                        Split::Test => "test",
+                    },
+                    image_stems[0],
+                    label_stems[0],
+                    split.csv_names().join(" or ")
+                ),
+            )
+        }
+    }
+}
+
+/// Read a file, un-gzipping it if it starts with the gzip magic (whatever its name says).
+pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
+    let raw = std::fs::read(path).map_err(|e| DataError {
+        path: path.to_path_buf(),
+        problem: format!("cannot read: {e}"),
+    })?;
+    if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
+        let mut out = Vec::new();
+        let mut decoder = flate2::read::MultiGzDecoder::new(&raw[..]);
+        if let Err(e) = decoder.read_to_end(&mut out) {
+            return err(
+                path,
+                format!("corrupt gzip stream ({e}); expected a complete gzip-compressed IDX file"),
+            );
+        }
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+fn be_u32(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_be_bytes([
+        bytes[offset],
+        bytes[offset + 1],
+        bytes[offset + 2],
+        bytes[offset + 3],
+    ])
+}
+
+/// Check an IDX header and body length; returns the dimensions.
+fn parse_idx_header(
+    path: &Path,
+    bytes: &[u8],
+    expected_magic: u32,
+    what: &str,
+) -> Result<Vec<usize>, DataError> {
+    if bytes.len() < 4 {
+        return err(
+            path,
+            format!(
+                "file is {} bytes long, too short for an IDX header; expected at least the 4-byte magic number 0x{expected_magic:08x}",
+                bytes.len()
+            ),
+        );
+    }
+    let magic = be_u32(bytes, 0);
+    if magic != expected_magic {
+        return err(
+            path,
+            format!("magic number is 0x{magic:08x}; expected 0x{expected_magic:08x} (IDX {what})"),
+        );
+    }
+    let ndims = (expected_magic & 0xff) as usize;
+    let header_len = 4 + 4 * ndims;
+    if bytes.len() < header_len {
+        return err(
+            path,
+            format!(
+                "truncated header: file is {} bytes; expected {header_len} bytes of header for {ndims} dimension(s)",
+                bytes.len()
+            ),
+        );
+    }
+    let dims: Vec<usize> = (0..ndims)
+        .map(|d| be_u32(bytes, 4 + 4 * d) as usize)
+        .collect();
+    let expected_body: usize = dims.iter().product();
+    let body = bytes.len() - header_len;
+    if body < expected_body {
+        return err(
+            path,
+            format!(
+                "truncated: holds {body} bytes of data after the header; expected {} = {expected_body} bytes",
+                dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" x ")
+            ),
+        );
+    }
+    if body > expected_body {
+        return err(
+            path,
+            format!(
+                "too long: {} unexpected bytes after the {expected_body} bytes of data the header announces",
+                body - expected_body
+            ),
+        );
+    }
+    Ok(dims)
+}
+
+/// Parse an IDX image file's bytes (already un-gzipped).
+pub fn parse_idx_images(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
+    let dims = parse_idx_header(path, bytes, IDX_IMAGES_MAGIC, "images, u8, 3 dimensions")?;
+    if dims[1] != IMAGE_SIDE || dims[2] != IMAGE_SIDE {
+        return err(
+            path,
+            format!(
+                "images are {}x{}; expected {IMAGE_SIDE}x{IMAGE_SIDE}",
+                dims[1], dims[2]
+            ),
+        );
+    }
+    Ok(bytes[16..].to_vec())
+}
+
+/// Parse an IDX label file's bytes (already un-gzipped).
+pub fn parse_idx_labels(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
+    parse_idx_header(path, bytes, IDX_LABELS_MAGIC, "labels, u8, 1 dimension")?;
+    let labels = bytes[8..].to_vec();
+    if let Some(i) = labels.iter().position(|&l| l as usize >= NUM_CLASSES) {
+        return err(
+            path,
+            format!(
+                "label {} at index {i} is out of range; expected 0..=9",
+                labels[i]
+            ),
+        );
+    }
+    Ok(labels)
+}
+
+/// Load an IDX image file and its label file, checking that they agree.
+pub fn load_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, DataError> {
+    let images = parse_idx_images(images_path, &read_maybe_gzip(images_path)?)?;
+    let labels = parse_idx_labels(labels_path, &read_maybe_gzip(labels_path)?)?;
+    let image_count = images.len() / IMAGE_PIXELS;
+    if image_count != labels.len() {
+        return err(
+            labels_path,
+            format!(
+                "holds {} labels but {} holds {image_count} images; expected the same count",
+                labels.len(),
+                images_path.display()
+            ),
+        );
+    }
+    if labels.is_empty() {
+        return err(images_path, "holds no images; expected at least one");
+    }
+    Ok(Dataset {
+        images,
+        labels,
+        source: images_path.display().to_string(),
+    })
+}
+
+/// Load the CSV layout: one image a row, the label then 784 pixel values 0-255, with or without a
+/// header row (recognised by a first field that is not a number). The file may be gzip-compressed.
+pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
+    let bytes = read_maybe_gzip(path)?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            return err(
+                path,
+                format!(
+                    "not text (invalid UTF-8 at byte {}); expected CSV rows of numbers",
+                    e.valid_up_to()
+                ),
+            )
+        }
+    };
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for (line_index, line) in text.lines().enumerate() {
+        let line_number = line_index + 1;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if line_index == 0 && fields[0].parse::<f64>().is_err() {
+            continue; // a header row such as "label,1x1,1x2,..."
+        }
+        if fields.len() != 1 + IMAGE_PIXELS {
+            return err(
+                path,
+                format!(
+                    "line {line_number} has {} fields; expected {} (the label, then {IMAGE_PIXELS} pixel values)",
+                    fields.len(),
+                    1 + IMAGE_PIXELS
+                ),
+            );
+        }
+        match fields[0].parse::<u8>() {
+            Ok(label) if (label as usize) < NUM_CLASSES => labels.push(label),
+            _ => {
+                return err(
+                    path,
+                    format!(
+                        "line {line_number}, field 1 (label): '{}'; expected an integer 0..=9",
+                        fields[0]
+                    ),
+                )
+            }
+        }
+        for (column, field) in fields[1..].iter().enumerate() {
+            match field.parse::<u8>() {
+                Ok(pixel) => images.push(pixel),
+                Err(_) => {
+                    return err(
+                        path,
+                        format!(
+                            "line {line_number}, field {} (pixel {column}): '{field}'; expected an integer 0..=255",
+                            column + 2
+                        ),
+                    )
+                }
+            }
+        }
+    }
+    if labels.is_empty() {
+        return err(path, "holds no image rows; expected at least one");
+    }
+    Ok(Dataset {
+        images,
+        labels,
+        source: path.display().to_string(),
+    })
+}

@@ -1,0 +1,22 @@
+//! wgcnn: a convolutional neural network trainer whose layers run as WGSL compute shaders, with a
+//! plain CPU reference in the same crate that proves the GPU right.
+//!
+//! How the pieces fit:
+//! - [`data`]: MNIST from IDX (gzip or not) or CSV, every field checked.
+//! - [`spec`]: the layer catalogue, the network spec language and the named presets.
+//! - [`network`]: a spec resolved for an input shape: shapes, parameters (PyTorch names and
+//!   layouts), seeded initialisation.
+//! - [`reference`]: every layer's forward and backward pass as plain loops: the specification.
+//! - [`executor`]: the trait an executor implements to train and evaluate a network on a device.
+//! - [`cpu`]: the CPU reference executor, built from [`reference`].
+//! - [`train`]: the training loop, shared by every executor.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod cpu;
+pub mod data;
+pub mod executor;
+pub mod network;
+pub mod reference;
+pub mod spec;
+pub mod train;
