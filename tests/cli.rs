@@ -1,0 +1,171 @@
+//! The command line, run as a user would run it.
+
+use std::process::{Command, Output};
+
+fn wgcnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The test accuracy of each epoch line, in percent.
+fn test_accuracies(stdout: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("epoch "))
+        .map(|l| {
+            let after = l
+                .split("test loss")
+                .nth(1)
+                .expect("epoch line has a test loss");
+            let acc = after.split("acc").nth(1).unwrap().trim_start();
+            acc.split('%').next().unwrap().trim().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn training_a_preset_on_a_subset_rises_well_above_chance() {
+    let out = wgcnn(&[
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "3",
+        "--limit-train",
+        "2000",
+        "--limit-test",
+        "500",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let accs = test_accuracies(&stdout);
+    assert_eq!(accs.len(), 3, "{stdout}");
+    // Chance is 10%; this network reaches ~90% on 2000 images in 3 epochs.
+    assert!(
+        accs[2] > 80.0,
+        "final test accuracy {}%:\n{stdout}",
+        accs[2]
+    );
+    assert!(
+        stdout.contains("img/s") && stdout.contains("device: CPU reference"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2000 training images, 500 test images"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let args = [
+        "train",
+        "--model",
+        "conv4k3-tanh-dropout0.3-dense10",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "300",
+        "--limit-test",
+        "100",
+        "--seed",
+        "9",
+    ];
+    let (a, _) = text(&wgcnn(&args));
+    let (b, _) = text(&wgcnn(&args));
+    let strip = |s: &str| {
+        s.lines()
+            .map(|l| l.split("  ").take(5).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&a), strip(&b));
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_epoch_and_step() {
+    let out = wgcnn(&[
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "640",
+        "--limit-test",
+        "10",
+        "--lr",
+        "1e20",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("training diverged in epoch 1 at step"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--lr"), "{stderr}");
+    assert!(!stdout.contains("NaN"), "{stdout}");
+}
+
+#[test]
+fn bad_options_and_data_give_clear_errors() {
+    let (_, stderr) = text(&wgcnn(&["train", "--model", "lenet"]));
+    assert!(
+        stderr.contains("unknown preset 'lenet'") && stderr.contains("tanh-avgpool"),
+        "{stderr}"
+    );
+    let (_, stderr) = text(&wgcnn(&["train", "--model", "conv8k3-relu"]));
+    assert!(stderr.contains("last layer must be a dense"), "{stderr}");
+    let (_, stderr) = text(&wgcnn(&["train", "--data", "/nonexistent/mnist"]));
+    assert!(
+        stderr.contains("/nonexistent/mnist: no such directory"),
+        "{stderr}"
+    );
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--model",
+        "conv8k30-dense10",
+        "--limit-train",
+        "10",
+    ]));
+    assert!(
+        stderr.contains("kernel 30 is larger than the padded input 28x28"),
+        "{stderr}"
+    );
+    let (_, stderr) = text(&wgcnn(&["train", "--batch-size", "0"]));
+    assert!(
+        stderr.contains("--batch-size must be at least 1"),
+        "{stderr}"
+    );
+    let (_, stderr) = text(&wgcnn(&["train", "--momentum", "1.5"]));
+    assert!(stderr.contains("--momentum must be in [0, 1)"), "{stderr}");
+}
+
+#[test]
+fn help_shows_the_defaults() {
+    let (stdout, _) = text(&wgcnn(&["train", "--help"]));
+    for needle in [
+        "--model",
+        "[default: default]",
+        "--data",
+        "[default: assets/mnist]",
+        "--seed",
+        "the preset's",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle}:\n{stdout}");
+    }
+    let (stdout, _) = text(&wgcnn(&["presets"]));
+    assert!(
+        stdout.contains("conv32k3-relu-conv64k3-relu-maxpool2-dense128-relu-dense10"),
+        "{stdout}"
+    );
+}
