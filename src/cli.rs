@@ -1,6 +1,7 @@
 //! The command line: `train` and `presets`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::cpu::CpuReference;
 use crate::data::{self, Normalization, Split, IMAGE_SIDE};
 use crate::executor::{Executor, Sgd};
+use crate::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
 use crate::network::{Network, Shape};
 use crate::spec::{self, NetSpec, PRESETS};
 use crate::train::{self, TrainConfig};
@@ -71,6 +73,12 @@ pub struct TrainArgs {
     /// How pixels become inputs.
     #[arg(long, value_enum, default_value_t = NormalizeArg::Unit)]
     pub normalize: NormalizeArg,
+    /// Train on the GPU (WGSL compute shaders through wgpu) instead of the CPU reference.
+    #[arg(long)]
+    pub gpu: bool,
+    /// With --gpu: use the adapter whose name contains NAME (case-insensitive) [default: WGPU_ADAPTER_NAME, else the first high-performance one]. WGPU_BACKEND=vulkan|metal|dx12|gl picks the API.
+    #[arg(long, value_name = "NAME")]
+    pub adapter: Option<String>,
 }
 
 /// Training defaults for a spec that is not a preset.
@@ -189,10 +197,29 @@ fn run_train(args: &TrainArgs) -> Result<()> {
     );
     let params = net.init_params(c.seed);
     let train_len = train_set.len();
-    let mut exec: Box<dyn Executor> = Box::new(CpuReference::new(
-        net, params, train_set, test_set, norm, c.seed,
-    ));
-    println!("device: {}", exec.device());
+    let mut exec: Box<dyn Executor> = if args.gpu {
+        let gpu = Arc::new(Gpu::new(&AdapterChoice {
+            name: args.adapter.clone(),
+        })?);
+        println!("device: {}", gpu.describe());
+        let kernels = Arc::new(Kernels::new(&gpu)?);
+        Box::new(GpuExecutor::new(
+            gpu,
+            kernels,
+            net,
+            &params,
+            &train_set,
+            &test_set,
+            norm,
+            c.seed,
+            c.batch_size,
+        )?)
+    } else {
+        anyhow::ensure!(args.adapter.is_none(), "--adapter chooses a GPU: add --gpu");
+        let exec = CpuReference::new(net, params, train_set, test_set, norm, c.seed);
+        println!("device: {}", exec.device());
+        Box::new(exec)
+    };
     let reports = train::train(exec.as_mut(), &c, train_len, |r| {
         println!("{}", r.line(c.epochs))
     })?;

@@ -1,0 +1,69 @@
+// Elementwise activations; each backward pass uses the forward *output*.
+// CPU twin: src/reference.rs relu_* / tanh_* / sigmoid_*.
+
+struct ElementDims { per_sample: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
+struct Step { batch: u32, step: u32, start: u32, training: u32 }
+
+@group(0) @binding(0) var<uniform> dims: ElementDims;
+@group(0) @binding(1) var<uniform> run: Step;
+@group(0) @binding(2) var<storage, read> input: array<f32>;         // [N * per_sample]
+@group(0) @binding(3) var<storage, read_write> output: array<f32>;  // [N * per_sample]
+@group(0) @binding(4) var<storage, read> d_output: array<f32>;
+@group(0) @binding(5) var<storage, read_write> d_input: array<f32>;
+
+const WG: u32 = 64u;
+
+fn element(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * WG;
+}
+
+@compute @workgroup_size(64)
+fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = element(gid, groups);
+    if (i >= run.batch * dims.per_sample) { return; }
+    output[i] = max(input[i], 0.0);
+}
+
+@compute @workgroup_size(64)
+fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = element(gid, groups);
+    if (i >= run.batch * dims.per_sample) { return; }
+    d_input[i] = select(0.0, d_output[i], output[i] > 0.0);
+}
+
+@compute @workgroup_size(64)
+fn tanh_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = element(gid, groups);
+    if (i >= run.batch * dims.per_sample) { return; }
+    // Some drivers compute tanh through exp(2x) and return NaN for large |x|; tanh(15) is
+    // already 1.0 in f32, so clamping first changes no result.
+    output[i] = tanh(clamp(input[i], -15.0, 15.0));
+}
+
+@compute @workgroup_size(64)
+fn tanh_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = element(gid, groups);
+    if (i >= run.batch * dims.per_sample) { return; }
+    d_input[i] = d_output[i] * (1.0 - output[i] * output[i]);
+}
+
+// 1 / (1 + e^-x), written so that neither branch overflows.
+fn sigmoid(x: f32) -> f32 {
+    if (x >= 0.0) { return 1.0 / (1.0 + exp(-x)); }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+@compute @workgroup_size(64)
+fn sigmoid_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = element(gid, groups);
+    if (i >= run.batch * dims.per_sample) { return; }
+    output[i] = sigmoid(input[i]);
+}
+
+@compute @workgroup_size(64)
+fn sigmoid_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = element(gid, groups);
+    if (i >= run.batch * dims.per_sample) { return; }
+    d_input[i] = d_output[i] * output[i] * (1.0 - output[i]);
+}

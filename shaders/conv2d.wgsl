@@ -1,0 +1,138 @@
+// 2-D convolution, NCHW, weight [out, in, k, k] (PyTorch's layout), zero padding, optional bias.
+// CPU twin: src/reference.rs conv2d_forward / conv2d_backward_input / conv2d_backward_weight.
+//
+// Entry points: conv2d_forward (one invocation per output element), conv2d_backward_input (one per
+// input element, gathering the taps that read it: no scattered adds, no atomics),
+// conv2d_backward_weight and conv2d_backward_bias (one workgroup per weight or bias, reducing over
+// batch x output positions in workgroup memory).
+
+struct ConvDims {
+    in_channels: u32, in_height: u32, in_width: u32, out_channels: u32,
+    out_height: u32, out_width: u32, kernel_size: u32, stride: u32,
+    padding: u32, has_bias: u32, _pad0: u32, _pad1: u32,
+}
+struct Step { batch: u32, step: u32, start: u32, training: u32 }
+
+@group(0) @binding(0) var<uniform> dims: ConvDims;
+@group(0) @binding(1) var<uniform> run: Step;                 // run.batch = N
+@group(0) @binding(2) var<storage, read> input: array<f32>;          // [N, in, H, W]
+@group(0) @binding(3) var<storage, read> weight: array<f32>;         // [out, in, k, k]
+@group(0) @binding(4) var<storage, read> bias: array<f32>;           // [out]
+@group(0) @binding(5) var<storage, read_write> output: array<f32>;   // [N, out, OH, OW]
+@group(0) @binding(6) var<storage, read> d_output: array<f32>;       // [N, out, OH, OW]
+@group(0) @binding(7) var<storage, read_write> d_input: array<f32>;  // [N, in, H, W]
+@group(0) @binding(8) var<storage, read_write> d_weight: array<f32>; // [out, in, k, k]
+@group(0) @binding(9) var<storage, read_write> d_bias: array<f32>;   // [out]
+
+const WG: u32 = 64u;
+var<workgroup> partial: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn conv2d_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = gid.x + gid.y * groups.x * WG;
+    let out_plane = dims.out_height * dims.out_width;
+    if (index >= run.batch * dims.out_channels * out_plane) { return; }
+    let ox = index % dims.out_width;
+    let oy = (index / dims.out_width) % dims.out_height;
+    let o = (index / out_plane) % dims.out_channels;
+    let n = index / (out_plane * dims.out_channels);
+    let k = dims.kernel_size;
+    var sum = 0.0;
+    if (dims.has_bias != 0u) { sum = bias[o]; }
+    for (var c = 0u; c < dims.in_channels; c++) {
+        let in_base = (n * dims.in_channels + c) * dims.in_height;
+        let w_base = (o * dims.in_channels + c) * k;
+        for (var ky = 0u; ky < k; ky++) {
+            let iy = i32(oy * dims.stride + ky) - i32(dims.padding);
+            if (iy < 0 || iy >= i32(dims.in_height)) { continue; }
+            for (var kx = 0u; kx < k; kx++) {
+                let ix = i32(ox * dims.stride + kx) - i32(dims.padding);
+                if (ix < 0 || ix >= i32(dims.in_width)) { continue; }
+                sum += input[(in_base + u32(iy)) * dims.in_width + u32(ix)] * weight[(w_base + ky) * k + kx];
+            }
+        }
+    }
+    output[index] = sum;
+}
+
+@compute @workgroup_size(64)
+fn conv2d_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = gid.x + gid.y * groups.x * WG;
+    let in_plane = dims.in_height * dims.in_width;
+    if (index >= run.batch * dims.in_channels * in_plane) { return; }
+    let ix = index % dims.in_width;
+    let iy = (index / dims.in_width) % dims.in_height;
+    let c = (index / in_plane) % dims.in_channels;
+    let n = index / (in_plane * dims.in_channels);
+    let k = dims.kernel_size;
+    var sum = 0.0;
+    // Output (oy, ox) reads this input through tap (ky, kx) when oy * stride + ky - padding == iy.
+    for (var ky = 0u; ky < k; ky++) {
+        let ty = i32(iy + dims.padding) - i32(ky);
+        if (ty < 0 || u32(ty) % dims.stride != 0u) { continue; }
+        let oy = u32(ty) / dims.stride;
+        if (oy >= dims.out_height) { continue; }
+        for (var kx = 0u; kx < k; kx++) {
+            let tx = i32(ix + dims.padding) - i32(kx);
+            if (tx < 0 || u32(tx) % dims.stride != 0u) { continue; }
+            let ox = u32(tx) / dims.stride;
+            if (ox >= dims.out_width) { continue; }
+            for (var o = 0u; o < dims.out_channels; o++) {
+                let g = d_output[((n * dims.out_channels + o) * dims.out_height + oy) * dims.out_width + ox];
+                sum += g * weight[((o * dims.in_channels + c) * k + ky) * k + kx];
+            }
+        }
+    }
+    d_input[index] = sum;
+}
+
+// Tree reduction of `partial` within a workgroup; the result ends in partial[0].
+fn reduce_partial(local: u32) {
+    for (var width = WG / 2u; width > 0u; width /= 2u) {
+        workgroupBarrier();
+        if (local < width) { partial[local] += partial[local + width]; }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(64)
+fn conv2d_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) local: u32,
+                          @builtin(num_workgroups) groups: vec3<u32>) {
+    let w_index = wid.x + wid.y * groups.x;
+    let k = dims.kernel_size;
+    if (w_index >= dims.out_channels * dims.in_channels * k * k) { return; } // uniform per workgroup
+    let kx = w_index % k;
+    let ky = (w_index / k) % k;
+    let c = (w_index / (k * k)) % dims.in_channels;
+    let o = w_index / (k * k * dims.in_channels);
+    let out_plane = dims.out_height * dims.out_width;
+    var sum = 0.0;
+    for (var j = local; j < run.batch * out_plane; j += WG) {
+        let n = j / out_plane;
+        let oy = (j % out_plane) / dims.out_width;
+        let ox = j % dims.out_width;
+        let iy = i32(oy * dims.stride + ky) - i32(dims.padding);
+        let ix = i32(ox * dims.stride + kx) - i32(dims.padding);
+        if (iy < 0 || iy >= i32(dims.in_height) || ix < 0 || ix >= i32(dims.in_width)) { continue; }
+        let g = d_output[(n * dims.out_channels + o) * out_plane + j % out_plane];
+        sum += g * input[((n * dims.in_channels + c) * dims.in_height + u32(iy)) * dims.in_width + u32(ix)];
+    }
+    partial[local] = sum;
+    reduce_partial(local);
+    if (local == 0u) { d_weight[w_index] = partial[0]; }
+}
+
+@compute @workgroup_size(64)
+fn conv2d_backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) local: u32,
+                        @builtin(num_workgroups) groups: vec3<u32>) {
+    let o = wid.x + wid.y * groups.x;
+    if (o >= dims.out_channels) { return; }
+    let out_plane = dims.out_height * dims.out_width;
+    var sum = 0.0;
+    for (var j = local; j < run.batch * out_plane; j += WG) {
+        sum += d_output[((j / out_plane) * dims.out_channels + o) * out_plane + j % out_plane];
+    }
+    partial[local] = sum;
+    reduce_partial(local);
+    if (local == 0u) { d_bias[o] = partial[0]; }
+}

@@ -1,0 +1,350 @@
+//! The WGSL kernels: one file per op under `shaders/`, compiled into the binary with
+//! `include_str!`, every pipeline built once at start and looked up by entry-point name.
+//!
+//! Each file has one explicit bind-group layout shared by all its entry points (binding 0 is the
+//! op's dimensions, binding 1 the per-step uniform where the op uses it), so a layer needs one
+//! bind group per file whatever pass runs. The `*_dims` functions here are the only place that
+//! turns shapes into those uniforms, for the executor and the op tests alike.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Result};
+
+use crate::gpu::context::Gpu;
+use crate::reference::{Conv2dShape, DenseShape, Pool2dShape};
+
+/// How a binding is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+use Access::*;
+
+/// One WGSL file: its source, its bindings in order, and its entry points.
+pub struct ShaderFile {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub bindings: &'static [Access],
+    pub entry_points: &'static [&'static str],
+}
+
+/// conv2d and dense: dims, step, input, weight, bias, output, d_output, d_input, d_weight, d_bias.
+const LAYER_WITH_PARAMS: &[Access] = &[
+    Uniform, Uniform, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite,
+];
+/// pool, activation, dropout: dims, step, input, output, d_output, d_input.
+const LAYER_WITHOUT_PARAMS: &[Access] = &[Uniform, Uniform, Read, ReadWrite, Read, ReadWrite];
+
+pub const SHADERS: &[ShaderFile] = &[
+    ShaderFile {
+        name: "batch",
+        source: include_str!("../../shaders/batch.wgsl"),
+        bindings: &[Uniform, Uniform, Read, Read, Read, ReadWrite, ReadWrite],
+        entry_points: &["gather_batch"],
+    },
+    ShaderFile {
+        name: "conv2d",
+        source: include_str!("../../shaders/conv2d.wgsl"),
+        bindings: LAYER_WITH_PARAMS,
+        entry_points: &[
+            "conv2d_forward",
+            "conv2d_backward_input",
+            "conv2d_backward_weight",
+            "conv2d_backward_bias",
+        ],
+    },
+    ShaderFile {
+        name: "pool",
+        source: include_str!("../../shaders/pool.wgsl"),
+        bindings: LAYER_WITHOUT_PARAMS,
+        entry_points: &[
+            "max_pool2d_forward",
+            "max_pool2d_backward",
+            "avg_pool2d_forward",
+            "avg_pool2d_backward",
+        ],
+    },
+    ShaderFile {
+        name: "dense",
+        source: include_str!("../../shaders/dense.wgsl"),
+        bindings: LAYER_WITH_PARAMS,
+        entry_points: &[
+            "dense_forward",
+            "dense_backward_input",
+            "dense_backward_weight",
+            "dense_backward_bias",
+        ],
+    },
+    ShaderFile {
+        name: "activation",
+        source: include_str!("../../shaders/activation.wgsl"),
+        bindings: LAYER_WITHOUT_PARAMS,
+        entry_points: &[
+            "relu_forward",
+            "relu_backward",
+            "tanh_forward",
+            "tanh_backward",
+            "sigmoid_forward",
+            "sigmoid_backward",
+        ],
+    },
+    ShaderFile {
+        name: "dropout",
+        source: include_str!("../../shaders/dropout.wgsl"),
+        bindings: LAYER_WITHOUT_PARAMS,
+        entry_points: &["dropout_forward", "dropout_backward"],
+    },
+    ShaderFile {
+        name: "loss",
+        source: include_str!("../../shaders/loss.wgsl"),
+        bindings: &[
+            Uniform, Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
+        ],
+        entry_points: &["loss_forward_backward", "accumulate_metrics"],
+    },
+    ShaderFile {
+        name: "sgd",
+        source: include_str!("../../shaders/sgd.wgsl"),
+        bindings: &[Uniform, ReadWrite, Read, ReadWrite],
+        entry_points: &["sgd_update"],
+    },
+];
+
+/// Threads per workgroup of the elementwise kernels (`@workgroup_size(64)` in every file).
+pub const WORKGROUP: u32 = 64;
+
+/// How many threads or workgroups a dispatch needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// One invocation per element: `ceil(n / 64)` workgroups.
+    Threads(u32),
+    /// One workgroup per item (the reductions).
+    Groups(u32),
+}
+
+/// Every pipeline and layout, built once.
+pub struct Kernels {
+    layouts: HashMap<&'static str, wgpu::BindGroupLayout>,
+    pipelines: HashMap<&'static str, (&'static str, wgpu::ComputePipeline)>,
+    max_groups_per_dimension: u32,
+}
+
+impl Kernels {
+    pub fn new(gpu: &Gpu) -> Result<Kernels> {
+        let mut layouts = HashMap::new();
+        let mut pipelines = HashMap::new();
+        for file in SHADERS {
+            let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let module = gpu
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(file.name),
+                    source: wgpu::ShaderSource::Wgsl(file.source.into()),
+                });
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = file
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: match access {
+                            Uniform => wgpu::BufferBindingType::Uniform,
+                            Read => wgpu::BufferBindingType::Storage { read_only: true },
+                            ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            let layout = gpu
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(file.name),
+                    entries: &entries,
+                });
+            let pipeline_layout =
+                gpu.device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(file.name),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+            for &entry in file.entry_points {
+                let pipeline =
+                    gpu.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(entry),
+                            layout: Some(&pipeline_layout),
+                            module: &module,
+                            entry_point: Some(entry),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        });
+                pipelines.insert(entry, (file.name, pipeline));
+            }
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(anyhow!(
+                    "building the pipelines of shaders/{}.wgsl: {e}",
+                    file.name
+                ));
+            }
+            layouts.insert(file.name, layout);
+        }
+        gpu.check("building the pipelines")?;
+        Ok(Kernels {
+            layouts,
+            pipelines,
+            max_groups_per_dimension: gpu.limits.max_compute_workgroups_per_dimension,
+        })
+    }
+
+    /// Use at most `n` workgroups per grid dimension (never more than the device allows). Tests
+    /// set it low to run every kernel on 2-D grids with small shapes.
+    pub fn set_max_groups_per_dimension(&mut self, n: u32) {
+        self.max_groups_per_dimension = n.clamp(1, self.max_groups_per_dimension);
+    }
+
+    /// A bind group for `file`, with `buffers` in binding order.
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        file: &str,
+        label: &str,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let layout = &self.layouts[file];
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout,
+            entries: &entries,
+        })
+    }
+
+    pub fn pipeline(&self, entry: &str) -> &wgpu::ComputePipeline {
+        &self
+            .pipelines
+            .get(entry)
+            .unwrap_or_else(|| panic!("no entry point {entry}"))
+            .1
+    }
+
+    /// The grid for `work`: at most `max_compute_workgroups_per_dimension` (65535) workgroups in x,
+    /// the rest in y; the kernels flatten (x, y) back and skip the overshoot.
+    pub fn grid(&self, work: Work) -> (u32, u32) {
+        let groups = match work {
+            Work::Threads(n) => n.div_ceil(WORKGROUP),
+            Work::Groups(n) => n,
+        }
+        .max(1);
+        let x = groups.min(self.max_groups_per_dimension);
+        (x, groups.div_ceil(x))
+    }
+
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        entry: &str,
+        bind_group: &wgpu::BindGroup,
+        work: Work,
+    ) {
+        let (x, y) = self.grid(work);
+        pass.set_pipeline(self.pipeline(entry));
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
+/// The per-step uniform every layer kernel reads: `Step { batch, step, start, training }`.
+pub fn step_words(batch: usize, step: u32, start: usize, training: bool) -> [u32; 4] {
+    [batch as u32, step, start as u32, training as u32]
+}
+
+pub fn conv_dims(s: &Conv2dShape, has_bias: bool) -> Vec<u32> {
+    vec![
+        s.in_channels as u32,
+        s.in_height as u32,
+        s.in_width as u32,
+        s.out_channels as u32,
+        s.out_height() as u32,
+        s.out_width() as u32,
+        s.kernel_size as u32,
+        s.stride as u32,
+        s.padding as u32,
+        has_bias as u32,
+        0,
+        0,
+    ]
+}
+
+pub fn pool_dims(s: &Pool2dShape) -> Vec<u32> {
+    vec![
+        s.channels as u32,
+        s.in_height as u32,
+        s.in_width as u32,
+        s.out_height() as u32,
+        s.out_width() as u32,
+        s.window as u32,
+        s.stride as u32,
+        0,
+    ]
+}
+
+pub fn dense_dims(s: &DenseShape, has_bias: bool) -> Vec<u32> {
+    vec![
+        s.in_features as u32,
+        s.out_features as u32,
+        has_bias as u32,
+        0,
+    ]
+}
+
+pub fn element_dims(per_sample: usize) -> Vec<u32> {
+    vec![per_sample as u32, 0, 0, 0]
+}
+
+pub fn dropout_dims(per_sample: usize, p: f32, seed: u32) -> Vec<u32> {
+    vec![per_sample as u32, p.to_bits(), seed, 0]
+}
+
+/// `kind`: 0 softmax cross-entropy, 1 sigmoid BCE, 2 sigmoid MSE.
+pub fn loss_dims(classes: usize, loss: crate::spec::Loss) -> Vec<u32> {
+    let kind = match loss {
+        crate::spec::Loss::SoftmaxCrossEntropy => 0,
+        crate::spec::Loss::SigmoidBinaryCrossEntropy => 1,
+        crate::spec::Loss::SigmoidMeanSquaredError => 2,
+    };
+    vec![classes as u32, kind, 0, 0]
+}
+
+pub fn sgd_dims(len: usize, lr: f32, momentum: f32) -> Vec<u32> {
+    vec![len as u32, lr.to_bits(), momentum.to_bits(), 0]
+}
+
+pub fn batch_dims(pixels: usize, sequential: bool, mean: f32, std: f32) -> Vec<u32> {
+    vec![
+        pixels as u32,
+        sequential as u32,
+        mean.to_bits(),
+        std.to_bits(),
+    ]
+}
+
+/// The metrics block of `loss.wgsl`, zeroed (first_bad_step = none).
+pub const METRICS_WORDS: usize = 8;
+pub fn metrics_zero() -> [u32; METRICS_WORDS] {
+    [0, 0, 0, 0, u32::MAX, 0, 0, 0]
+}
