@@ -1,4 +1,4 @@
-//! The command line: `train` and `presets`.
+//! The command line: `train`, `bench` and `presets`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -6,8 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::bench::{self, BenchConfig};
 use crate::cpu::CpuReference;
-use crate::data::{self, Normalization, Split, IMAGE_SIDE};
+use crate::data::{self, Dataset, Normalization, Split, IMAGE_SIDE};
 use crate::executor::{Executor, Sgd};
 use crate::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
 use crate::network::{Network, Shape};
@@ -29,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Train a network on MNIST and print loss and accuracy after each epoch.
     Train(TrainArgs),
+    /// Measure training speed: images per second and time per epoch, medians of several runs.
+    Bench(BenchArgs),
     /// List the named networks with their specs and training defaults.
     Presets,
 }
@@ -41,14 +44,12 @@ pub enum NormalizeArg {
     Standard,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct TrainArgs {
+/// Which network, and how to train it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
     /// A preset name (see `presets`) or a network spec such as conv8k3-relu-maxpool2-dense10.
     #[arg(long, default_value = "default")]
     pub model: String,
-    /// Passes over the training set [default: the preset's].
-    #[arg(long)]
-    pub epochs: Option<usize>,
     /// Images per SGD step [default: the preset's].
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -61,6 +62,11 @@ pub struct TrainArgs {
     /// Seed of the weight initialisation, the shuffles and the dropout masks.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// Where the data comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
     /// Folder holding the MNIST IDX files (gzip or not) or mnist_train.csv / mnist_test.csv.
     #[arg(long, default_value = "assets/mnist")]
     pub data: PathBuf,
@@ -73,12 +79,55 @@ pub struct TrainArgs {
     /// How pixels become inputs.
     #[arg(long, value_enum, default_value_t = NormalizeArg::Unit)]
     pub normalize: NormalizeArg,
-    /// Train on the GPU (WGSL compute shaders through wgpu) instead of the CPU reference.
+}
+
+/// Which device runs it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// Run on the GPU (WGSL compute shaders through wgpu) instead of the CPU reference.
     #[arg(long)]
     pub gpu: bool,
-    /// With --gpu: use the adapter whose name contains NAME (case-insensitive) [default: WGPU_ADAPTER_NAME, else the first high-performance one]. WGPU_BACKEND=vulkan|metal|dx12|gl picks the API.
+    /// With --gpu: the adapter whose name contains NAME, case-insensitive [default: WGPU_ADAPTER_NAME, else the high-performance one]. WGPU_BACKEND=vulkan|metal|dx12|gl picks the API.
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Passes over the training set [default: the preset's].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Timed training steps per repetition.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// With --gpu: time every kernel of a training step on its own (slow; each includes a wait).
+    #[arg(long)]
+    pub profile: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Training defaults for a spec that is not a preset.
@@ -91,7 +140,7 @@ pub struct Resolved {
     pub config: TrainConfig,
 }
 
-pub fn resolve_model(args: &TrainArgs) -> Result<Resolved> {
+pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved> {
     let looks_like_spec = args.model.contains('-')
         || args.model.starts_with("conv")
         || args.model.starts_with("dense");
@@ -106,7 +155,7 @@ pub fn resolve_model(args: &TrainArgs) -> Result<Resolved> {
     };
     let spec = NetSpec::parse(&spec_text).map_err(anyhow::Error::msg)?;
     let config = TrainConfig {
-        epochs: args.epochs.unwrap_or(defaults.0),
+        epochs: epochs.unwrap_or(defaults.0),
         batch_size: args.batch_size.unwrap_or(defaults.1),
         sgd: Sgd {
             lr: args.lr.unwrap_or(defaults.2),
@@ -129,7 +178,7 @@ pub fn resolve_model(args: &TrainArgs) -> Result<Resolved> {
 }
 
 /// Load both splits from `--data`, applying the limits.
-pub fn load_data(args: &TrainArgs) -> Result<(data::Dataset, data::Dataset)> {
+pub fn load_data(args: &DataArgs) -> Result<(Dataset, Dataset)> {
     let mut train = data::load_split(&args.data, Split::Train)?;
     let mut test = data::load_split(&args.data, Split::Test)?;
     for (set, limit, flag) in [
@@ -151,6 +200,55 @@ pub fn load_data(args: &TrainArgs) -> Result<(data::Dataset, data::Dataset)> {
     Ok((train, test))
 }
 
+fn normalization(arg: NormalizeArg) -> Normalization {
+    match arg {
+        NormalizeArg::Unit => Normalization::UNIT,
+        NormalizeArg::Standard => Normalization::STANDARD,
+    }
+}
+
+/// The executor `--gpu` / `--adapter` ask for, with the network's initial parameters.
+#[allow(clippy::too_many_arguments)]
+pub fn make_executor(
+    device: &DeviceArgs,
+    net: Network,
+    params: Vec<Vec<f32>>,
+    train_set: Dataset,
+    test_set: Dataset,
+    norm: Normalization,
+    seed: u64,
+    batch_size: usize,
+) -> Result<Box<dyn Executor>> {
+    if device.gpu {
+        let gpu = Arc::new(Gpu::new(&AdapterChoice {
+            name: device.adapter.clone(),
+        })?);
+        let kernels = Arc::new(Kernels::new(&gpu)?);
+        Ok(Box::new(GpuExecutor::new(
+            gpu, kernels, net, &params, &train_set, &test_set, norm, seed, batch_size,
+        )?))
+    } else {
+        anyhow::ensure!(
+            device.adapter.is_none(),
+            "--adapter chooses a GPU: add --gpu"
+        );
+        Ok(Box::new(CpuReference::new(
+            net, params, train_set, test_set, norm, seed,
+        )))
+    }
+}
+
+fn mnist_network(spec: &NetSpec) -> Result<Network> {
+    let input = Shape {
+        channels: 1,
+        height: IMAGE_SIDE,
+        width: IMAGE_SIDE,
+    };
+    Network::new(spec, input)
+        .map_err(anyhow::Error::msg)
+        .context("building the network")
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Presets => {
@@ -164,24 +262,14 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train(args) => run_train(&args),
+        Command::Bench(args) => run_bench(&args),
     }
 }
 
 fn run_train(args: &TrainArgs) -> Result<()> {
-    let resolved = resolve_model(args)?;
-    let input = Shape {
-        channels: 1,
-        height: IMAGE_SIDE,
-        width: IMAGE_SIDE,
-    };
-    let net = Network::new(&resolved.spec, input)
-        .map_err(anyhow::Error::msg)
-        .context("building the network")?;
-    let (train_set, test_set) = load_data(args)?;
-    let norm = match args.normalize {
-        NormalizeArg::Unit => Normalization::UNIT,
-        NormalizeArg::Standard => Normalization::STANDARD,
-    };
+    let resolved = resolve_model(&args.model, args.epochs)?;
+    let net = mnist_network(&resolved.spec)?;
+    let (train_set, test_set) = load_data(&args.data)?;
     let c = resolved.config;
     println!("model {} = {}", resolved.name, resolved.spec);
     print!("{}", net.summary());
@@ -189,7 +277,7 @@ fn run_train(args: &TrainArgs) -> Result<()> {
         "data: {} training images, {} test images from {}",
         train_set.len(),
         test_set.len(),
-        args.data.display()
+        args.data.data.display()
     );
     println!(
         "training: {} epochs, batch size {}, lr {}, momentum {}, seed {}",
@@ -197,29 +285,18 @@ fn run_train(args: &TrainArgs) -> Result<()> {
     );
     let params = net.init_params(c.seed);
     let train_len = train_set.len();
-    let mut exec: Box<dyn Executor> = if args.gpu {
-        let gpu = Arc::new(Gpu::new(&AdapterChoice {
-            name: args.adapter.clone(),
-        })?);
-        println!("device: {}", gpu.describe());
-        let kernels = Arc::new(Kernels::new(&gpu)?);
-        Box::new(GpuExecutor::new(
-            gpu,
-            kernels,
-            net,
-            &params,
-            &train_set,
-            &test_set,
-            norm,
-            c.seed,
-            c.batch_size,
-        )?)
-    } else {
-        anyhow::ensure!(args.adapter.is_none(), "--adapter chooses a GPU: add --gpu");
-        let exec = CpuReference::new(net, params, train_set, test_set, norm, c.seed);
-        println!("device: {}", exec.device());
-        Box::new(exec)
-    };
+    let norm = normalization(args.data.normalize);
+    let mut exec = make_executor(
+        &args.device,
+        net,
+        params,
+        train_set,
+        test_set,
+        norm,
+        c.seed,
+        c.batch_size,
+    )?;
+    println!("device: {}", exec.device());
     let reports = train::train(exec.as_mut(), &c, train_len, |r| {
         println!("{}", r.line(c.epochs))
     })?;
@@ -229,6 +306,126 @@ fn run_train(args: &TrainArgs) -> Result<()> {
             100.0 * last.test.accuracy(),
             last.test.mean_loss(),
             last.epoch
+        );
+    }
+    Ok(())
+}
+
+fn run_bench(args: &BenchArgs) -> Result<()> {
+    let resolved = resolve_model(&args.model, None)?;
+    let net = mnist_network(&resolved.spec)?;
+    let (train_set, test_set) = load_data(&args.data)?;
+    let c = resolved.config;
+    let train_len = train_set.len();
+    let params = net.init_params(c.seed);
+    let norm = normalization(args.data.normalize);
+    if args.profile {
+        anyhow::ensure!(args.device.gpu, "--profile times GPU kernels: add --gpu");
+        let gpu = Arc::new(Gpu::new(&AdapterChoice {
+            name: args.device.adapter.clone(),
+        })?);
+        let kernels = Arc::new(Kernels::new(&gpu)?);
+        let mut exec = GpuExecutor::new(
+            gpu,
+            kernels,
+            net,
+            &params,
+            &train_set,
+            &test_set,
+            norm,
+            c.seed,
+            c.batch_size,
+        )?;
+        exec.enable_profiling();
+        let config = BenchConfig {
+            batch_size: c.batch_size,
+            steps: args.steps,
+            warmup: 0,
+            repeats: 1,
+            sgd: c.sgd,
+            seed: c.seed,
+        };
+        bench::run(&mut exec, &config, train_len)?;
+        let profile = exec.profile().unwrap_or(&[]);
+        let total: f64 = profile.iter().map(|p| p.2).sum();
+        println!(
+            "kernel times of a training step on {} (batch {}), mean of {} steps:",
+            exec.device(),
+            c.batch_size,
+            args.steps
+        );
+        for (entry, count, seconds) in profile {
+            println!(
+                "  {:<26} {:8.3} ms  {:5.1}%",
+                entry,
+                1000.0 * seconds / *count as f64,
+                100.0 * seconds / total
+            );
+        }
+        println!(
+            "  {:<26} {:8.3} ms",
+            "total",
+            1000.0 * total / args.steps as f64
+        );
+        return Ok(());
+    }
+    let mut exec = make_executor(
+        &args.device,
+        net,
+        params,
+        train_set,
+        test_set,
+        norm,
+        c.seed,
+        c.batch_size,
+    )?;
+    let config = BenchConfig {
+        batch_size: c.batch_size,
+        steps: args.steps,
+        warmup: args.warmup,
+        repeats: args.repeats,
+        sgd: c.sgd,
+        seed: c.seed,
+    };
+    if !args.json {
+        println!(
+            "bench {} ({}) on {}: batch {}, {} warm-up steps, {} x {} timed steps",
+            resolved.name,
+            resolved.spec,
+            exec.device(),
+            c.batch_size,
+            args.warmup,
+            args.repeats,
+            args.steps
+        );
+    }
+    let r = bench::run(exec.as_mut(), &config, train_len)?;
+    if args.json {
+        let value = serde_json::json!({
+            "model": resolved.name,
+            "spec": resolved.spec.to_string(),
+            "device": r.device,
+            "backend": if args.device.gpu { "gpu" } else { "cpu-reference" },
+            "batch_size": r.batch_size,
+            "steps": r.steps,
+            "repeats": r.images_per_second.len(),
+            "images_per_second": r.images_per_second,
+            "median_images_per_second": r.median_images_per_second,
+            "median_step_ms": r.median_step_ms,
+            "epoch_seconds": r.epoch_seconds,
+            "train_images": r.train_len,
+        });
+        println!("{value}");
+    } else {
+        let runs: Vec<String> = r
+            .images_per_second
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect();
+        println!("images/s per repetition: {}", runs.join(", "));
+        println!(
+            "median: {:.0} images/s, {:.2} ms/step, {:.1} s per epoch of {} images (training only)",
+            r.median_images_per_second, r.median_step_ms, r.epoch_seconds, r.train_len
         );
     }
     Ok(())

@@ -11,8 +11,10 @@
 //! - [`cpu`]: the CPU reference executor, built from [`reference`].
 //! - [`gpu`]: the GPU executor: the same network run by the WGSL kernels in `shaders/`.
 //! - [`train`]: the training loop, shared by every executor.
+//! - [`bench`]: the training benchmark behind `wgcnn bench`.
 //! - [`cli`]: the command line.
 
+pub mod bench;
 pub mod cli;
 pub mod cpu;
 pub mod data;

@@ -68,6 +68,8 @@ pub struct GpuExecutor {
     train_plan: Vec<Dispatch>,
     eval_plan: Vec<Dispatch>,
     in_flight: VecDeque<wgpu::SubmissionIndex>,
+    /// When set, every dispatch of a training step runs alone and is timed (see [`GpuExecutor::profile`]).
+    profile: Option<Vec<(&'static str, u32, f64)>>,
 }
 
 fn pack_labels(labels: &[u8]) -> Vec<u32> {
@@ -530,7 +532,57 @@ impl GpuExecutor {
             train_plan,
             eval_plan,
             in_flight: VecDeque::new(),
+            profile: None,
         })
+    }
+
+    /// From now on, run each dispatch of a training step as its own submission and wait for it,
+    /// accumulating wall time per entry point: slow, for finding the expensive kernels only.
+    pub fn enable_profiling(&mut self) {
+        self.profile = Some(self.train_plan.iter().map(|d| (d.entry, 0, 0.0)).collect());
+    }
+
+    /// Per dispatch of the training plan, in order: entry point, times run, total seconds.
+    /// Each includes one submission and wait (~50 us on a software adapter).
+    pub fn profile(&self) -> Option<&[(&'static str, u32, f64)]> {
+        self.profile.as_deref()
+    }
+
+    fn work(d: &Dispatch, batch: usize) -> Work {
+        match d.size {
+            Size::PerSample(n) => Work::Threads((batch * n) as u32),
+            Size::Threads(n) => Work::Threads(n as u32),
+            Size::Groups(n) => Work::Groups(n as u32),
+        }
+    }
+
+    fn submit_profiled(&mut self, batch: usize, what: &str) -> Result<()> {
+        let g = &*self.gpu;
+        g.wait(what)?;
+        for (i, d) in self.train_plan.iter().enumerate() {
+            let started = std::time::Instant::now();
+            let mut encoder = g
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(what),
+                    timestamp_writes: None,
+                });
+                self.kernels.dispatch(
+                    &mut pass,
+                    d.entry,
+                    &self.bind_groups[d.bind_group],
+                    Self::work(d, batch),
+                );
+            }
+            g.queue.submit(Some(encoder.finish()));
+            g.wait(what)?;
+            let entry = &mut self.profile.as_mut().unwrap()[i];
+            entry.1 += 1;
+            entry.2 += started.elapsed().as_secs_f64();
+        }
+        Ok(())
     }
 
     /// Write the step uniform, encode `plan` for `batch` images, submit; name errors after `what`.
@@ -548,6 +600,9 @@ impl GpuExecutor {
             0,
             bytemuck::cast_slice(&kernels::step_words(batch, step, start, training)),
         );
+        if training && self.profile.is_some() {
+            return self.submit_profiled(batch, what);
+        }
         let mut encoder = g
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
@@ -562,11 +617,7 @@ impl GpuExecutor {
                 &self.eval_plan
             };
             for d in plan {
-                let work = match d.size {
-                    Size::PerSample(n) => Work::Threads((batch * n) as u32),
-                    Size::Threads(n) => Work::Threads(n as u32),
-                    Size::Groups(n) => Work::Groups(n as u32),
-                };
+                let work = Self::work(d, batch);
                 self.kernels
                     .dispatch(&mut pass, d.entry, &self.bind_groups[d.bind_group], work);
             }
