@@ -1,7 +1,7 @@
 // 2-D convolution, NCHW, weight [out, in, k, k] (PyTorch's layout), zero padding, optional bias.
 // CPU twin: src/reference.rs conv2d_forward / conv2d_backward_input / conv2d_backward_weight.
 //
-// Entry points: conv2d_forward (one invocation per output element), conv2d_backward_input (one per
+// Entry points: conv2d_forward (one invocation per position and four output channels), conv2d_backward_input (one per
 // input element, gathering the taps that read it: no scattered adds, no atomics),
 // conv2d_backward_weight and conv2d_backward_bias (one workgroup per weight or bias, reducing over
 // batch x output positions in workgroup memory).
@@ -27,32 +27,44 @@ struct Step { batch: u32, step: u32, start: u32, training: u32 }
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, 64>;
 
+// Each invocation computes OUT_PER_THREAD output channels at one position: every input tap it
+// loads feeds that many multiply-adds. (The host dispatches batch * ceil(out / 4) * OH * OW.)
+const OUT_PER_THREAD: u32 = 4u;
+
 @compute @workgroup_size(64)
 fn conv2d_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = gid.x + gid.y * groups.x * WG;
     let out_plane = dims.out_height * dims.out_width;
-    if (index >= run.batch * dims.out_channels * out_plane) { return; }
+    let channel_groups = (dims.out_channels + OUT_PER_THREAD - 1u) / OUT_PER_THREAD;
+    if (index >= run.batch * channel_groups * out_plane) { return; }
     let ox = index % dims.out_width;
     let oy = (index / dims.out_width) % dims.out_height;
-    let o = (index / out_plane) % dims.out_channels;
-    let n = index / (out_plane * dims.out_channels);
+    let o0 = ((index / out_plane) % channel_groups) * OUT_PER_THREAD;
+    let n = index / (out_plane * channel_groups);
     let k = dims.kernel_size;
-    var sum = 0.0;
-    if (dims.has_bias != 0u) { sum = bias[o]; }
+    let count = min(OUT_PER_THREAD, dims.out_channels - o0);
+    let w_step = dims.in_channels * k * k; // from one output channel's weights to the next
+    var sum = vec4<f32>(0.0);
+    if (dims.has_bias != 0u) {
+        for (var j = 0u; j < count; j++) { sum[j] = bias[o0 + j]; }
+    }
     for (var c = 0u; c < dims.in_channels; c++) {
         let in_base = (n * dims.in_channels + c) * dims.in_height;
-        let w_base = (o * dims.in_channels + c) * k;
+        let w_base = (o0 * dims.in_channels + c) * k;
         for (var ky = 0u; ky < k; ky++) {
             let iy = i32(oy * dims.stride + ky) - i32(dims.padding);
             if (iy < 0 || iy >= i32(dims.in_height)) { continue; }
             for (var kx = 0u; kx < k; kx++) {
                 let ix = i32(ox * dims.stride + kx) - i32(dims.padding);
                 if (ix < 0 || ix >= i32(dims.in_width)) { continue; }
-                sum += input[(in_base + u32(iy)) * dims.in_width + u32(ix)] * weight[(w_base + ky) * k + kx];
+                let x = input[(in_base + u32(iy)) * dims.in_width + u32(ix)];
+                let w = (w_base + ky) * k + kx;
+                for (var j = 0u; j < count; j++) { sum[j] += x * weight[w + j * w_step]; }
             }
         }
     }
-    output[index] = sum;
+    let out_index = ((n * dims.out_channels + o0) * dims.out_height + oy) * dims.out_width + ox;
+    for (var j = 0u; j < count; j++) { output[out_index + j * out_plane] = sum[j]; }
 }
 
 @compute @workgroup_size(64)
@@ -77,9 +89,15 @@ fn conv2d_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
             if (tx < 0 || u32(tx) % dims.stride != 0u) { continue; }
             let ox = u32(tx) / dims.stride;
             if (ox >= dims.out_width) { continue; }
+            // Step through the output channels: d_output by a plane, weight by in * k * k.
+            var g_index = (n * dims.out_channels * dims.out_height + oy) * dims.out_width + ox;
+            var w_index = (c * k + ky) * k + kx;
+            let g_step = dims.out_height * dims.out_width;
+            let w_step = dims.in_channels * k * k;
             for (var o = 0u; o < dims.out_channels; o++) {
-                let g = d_output[((n * dims.out_channels + o) * dims.out_height + oy) * dims.out_width + ox];
-                sum += g * weight[((o * dims.in_channels + c) * k + ky) * k + kx];
+                sum += d_output[g_index] * weight[w_index];
+                g_index += g_step;
+                w_index += w_step;
             }
         }
     }
@@ -105,17 +123,20 @@ fn conv2d_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
     let ky = (w_index / k) % k;
     let c = (w_index / (k * k)) % dims.in_channels;
     let o = w_index / (k * k * dims.in_channels);
-    let out_plane = dims.out_height * dims.out_width;
+    // The threads share out the (sample, output row) pairs; along a row no division is needed.
     var sum = 0.0;
-    for (var j = local; j < run.batch * out_plane; j += WG) {
-        let n = j / out_plane;
-        let oy = (j % out_plane) / dims.out_width;
-        let ox = j % dims.out_width;
+    for (var row = local; row < run.batch * dims.out_height; row += WG) {
+        let n = row / dims.out_height;
+        let oy = row % dims.out_height;
         let iy = i32(oy * dims.stride + ky) - i32(dims.padding);
-        let ix = i32(ox * dims.stride + kx) - i32(dims.padding);
-        if (iy < 0 || iy >= i32(dims.in_height) || ix < 0 || ix >= i32(dims.in_width)) { continue; }
-        let g = d_output[(n * dims.out_channels + o) * out_plane + j % out_plane];
-        sum += g * input[((n * dims.in_channels + c) * dims.in_height + u32(iy)) * dims.in_width + u32(ix)];
+        if (iy < 0 || iy >= i32(dims.in_height)) { continue; }
+        let g_row = ((n * dims.out_channels + o) * dims.out_height + oy) * dims.out_width;
+        let x_row = ((n * dims.in_channels + c) * dims.in_height + u32(iy)) * dims.in_width;
+        for (var ox = 0u; ox < dims.out_width; ox++) {
+            let ix = i32(ox * dims.stride + kx) - i32(dims.padding);
+            if (ix < 0 || ix >= i32(dims.in_width)) { continue; }
+            sum += d_output[g_row + ox] * input[x_row + u32(ix)];
+        }
     }
     partial[local] = sum;
     reduce_partial(local);
@@ -127,10 +148,13 @@ fn conv2d_backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_in
                         @builtin(num_workgroups) groups: vec3<u32>) {
     let o = wid.x + wid.y * groups.x;
     if (o >= dims.out_channels) { return; }
-    let out_plane = dims.out_height * dims.out_width;
     var sum = 0.0;
-    for (var j = local; j < run.batch * out_plane; j += WG) {
-        sum += d_output[((j / out_plane) * dims.out_channels + o) * out_plane + j % out_plane];
+    for (var row = local; row < run.batch * dims.out_height; row += WG) {
+        let n = row / dims.out_height;
+        let g_row = ((n * dims.out_channels + o) * dims.out_height + row % dims.out_height) * dims.out_width;
+        for (var ox = 0u; ox < dims.out_width; ox++) {
+            sum += d_output[g_row + ox];
+        }
     }
     partial[local] = sum;
     reduce_partial(local);

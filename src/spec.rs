@@ -352,7 +352,7 @@ pub const PRESETS: &[Preset] = &[
         description: "notebook 6: conv 6 -> sigmoid -> dense 100 -> tanh -> dense 10 -> sigmoid, binary cross-entropy",
         epochs: 3,
         batch_size: 32,
-        lr: 0.5,
+        lr: 0.1,
         momentum: 0.9,
     },
 ];

@@ -446,27 +446,27 @@ fn a_dispatch_larger_than_65535_workgroups_uses_a_2d_grid() {
         gpu: &d.gpu,
         kernels: &d.kernels,
     };
-    // 1100 x 6 x 26 x 26 = 4.46M outputs: 69,713 workgroups of 64, over the 65535 a dimension allows.
+    // Batch 1100 of 28x28 into 24 channels: 1100 x 6 x 676 = 4.46M forward invocations (four
+    // channels each), 69,713 workgroups of 64: over the 65535 one grid dimension allows.
     let s = Conv2dShape {
         batch: 1100,
         in_channels: 1,
         in_height: 28,
         in_width: 28,
-        out_channels: 6,
+        out_channels: 24,
         kernel_size: 3,
         stride: 1,
         padding: 0,
     };
-    assert!(
-        d.kernels
-            .grid(wgcnn::gpu::kernels::Work::Threads(s.output_len() as u32))
-            .1
-            > 1
-    );
+    let threads = s.batch * wgcnn::gpu::kernels::conv_forward_threads_per_sample(&s);
+    let (x_groups, y_groups) = d
+        .kernels
+        .grid(wgcnn::gpu::kernels::Work::Threads(threads as u32));
+    assert!(y_groups > 1, "grid {x_groups} x {y_groups}");
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let x = random(&mut rng, s.input_len(), 1.0);
     let wt = random(&mut rng, s.weight_len(), 1.0);
-    let b = random(&mut rng, 6, 1.0);
+    let b = random(&mut rng, 24, 1.0);
     let d_out = random(&mut rng, s.output_len(), 1.0);
     let gpu = ops.conv2d(&s, &x, &wt, Some(&b), &d_out).unwrap();
     let mut y = vec![0.0; s.output_len()];
@@ -480,10 +480,11 @@ fn a_dispatch_larger_than_65535_workgroups_uses_a_2d_grid() {
         &dx,
         LINEAR,
     );
+    // 17.8M elements: 278,850 workgroups.
     let (relu_gpu, _) = ops.activation("relu", 1100, &y, &d_out).unwrap();
     let mut relu = vec![0.0; y.len()];
     relu_forward(&y, &mut relu);
-    close("relu, 4.46M elements", &relu_gpu, &relu, LINEAR);
+    close("relu, 17.8M elements", &relu_gpu, &relu, LINEAR);
 }
 
 /// Real MNIST images for the whole-network tests.

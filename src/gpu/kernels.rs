@@ -268,6 +268,14 @@ impl Kernels {
     }
 }
 
+/// Output channels one `conv2d_forward` invocation computes (`OUT_PER_THREAD` in conv2d.wgsl).
+pub const CONV_OUT_PER_THREAD: usize = 4;
+
+/// Invocations `conv2d_forward` needs per sample.
+pub fn conv_forward_threads_per_sample(s: &Conv2dShape) -> usize {
+    s.out_channels.div_ceil(CONV_OUT_PER_THREAD) * s.out_height() * s.out_width()
+}
+
 /// The per-step uniform every layer kernel reads: `Step { batch, step, start, training }`.
 pub fn step_words(batch: usize, step: u32, start: usize, training: bool) -> [u32; 4] {
     [batch as u32, step, start as u32, training as u32]

@@ -311,7 +311,7 @@ impl GpuExecutor {
                     forward.push(Dispatch {
                         entry: "conv2d_forward",
                         bind_group: bg,
-                        size: Size::PerSample(l.output.len()),
+                        size: Size::PerSample(kernels::conv_forward_threads_per_sample(&s)),
                     });
                     back.push(Dispatch {
                         entry: "conv2d_backward_weight",

@@ -101,7 +101,10 @@ impl Ops<'_> {
             ],
         );
         let mut entries = vec![
-            ("conv2d_forward", Work::Threads(s.output_len() as u32)),
+            (
+                "conv2d_forward",
+                Work::Threads((s.batch * kernels::conv_forward_threads_per_sample(s)) as u32),
+            ),
             ("conv2d_backward_input", Work::Threads(s.input_len() as u32)),
             (
                 "conv2d_backward_weight",
