@@ -169,3 +169,81 @@ fn help_shows_the_defaults() {
         "{stdout}"
     );
 }
+
+/// Whether a GPU adapter can be opened here; without one (and without WGCNN_REQUIRE_GPU=1) the
+/// GPU command-line test skips, saying so.
+fn gpu_available() -> bool {
+    match wgcnn::gpu::Gpu::new(&wgcnn::gpu::AdapterChoice::default()) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var("WGCNN_REQUIRE_GPU").map_or(true, |v| v != "1"),
+                "WGCNN_REQUIRE_GPU=1 but no GPU adapter: {e:#}"
+            );
+            eprintln!("skipping: no GPU adapter ({e:#})");
+            false
+        }
+    }
+}
+
+#[test]
+fn training_on_the_gpu_from_the_command_line_matches_the_cpu() {
+    if !gpu_available() {
+        return;
+    }
+    let args = [
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "1000",
+        "--limit-test",
+        "300",
+    ];
+    let cpu = wgcnn(&args);
+    let gpu = wgcnn(&[&args[..], &["--gpu"]].concat());
+    let ((cpu_out, _), (gpu_out, gpu_err)) = (text(&cpu), text(&gpu));
+    assert!(gpu.status.success(), "{gpu_out}\n{gpu_err}");
+    assert!(
+        gpu_out.contains("device: ") && !gpu_out.contains("device: CPU"),
+        "{gpu_out}"
+    );
+    let (c, g) = (test_accuracies(&cpu_out), test_accuracies(&gpu_out));
+    assert_eq!(g.len(), 2, "{gpu_out}");
+    assert!(g[1] > 70.0, "GPU test accuracy {}%:\n{gpu_out}", g[1]);
+    // Same seed, same batches, same masks: the GPU lands in the CPU's band (here 300 test images,
+    // so one image is 0.33%).
+    assert!(
+        (g[1] - c[1]).abs() <= 1.0,
+        "GPU {}% vs. CPU {}%",
+        g[1],
+        c[1]
+    );
+}
+
+#[test]
+fn an_unknown_adapter_name_lists_the_adapters() {
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--gpu",
+        "--adapter",
+        "no-such-gpu-anywhere",
+        "--limit-train",
+        "10",
+    ]));
+    // With adapters: "no GPU adapter's name contains ...; available: ..."; without any, the
+    // message says how to get one. Either way, no panic.
+    assert!(
+        stderr.contains("no GPU adapter's name contains 'no-such-gpu-anywhere'; available:")
+            || stderr.contains("apt-get install libvulkan1 mesa-vulkan-drivers"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (_, stderr) = text(&wgcnn(&["train", "--adapter", "x"]));
+    assert!(
+        stderr.contains("--adapter chooses a GPU: add --gpu"),
+        "{stderr}"
+    );
+}

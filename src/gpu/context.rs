@@ -53,6 +53,7 @@ impl Gpu {
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let adapters = instance.enumerate_adapters(backends).await;
         let adapter = match &wanted {
+            Some(_) if adapters.is_empty() => bail!("{NO_ADAPTER_HELP}"),
             Some(name) => {
                 let lower = name.to_lowercase();
                 let found = adapters
