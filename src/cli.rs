@@ -1,5 +1,6 @@
-//! The command line: `train`, `bench` and `presets`.
+//! The command line: `train`, `eval`, `predict`, `bench` and `presets`.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::bench::{self, BenchConfig};
+use crate::checkpoint::{self, CheckpointInfo};
 use crate::cpu::CpuReference;
 use crate::data::{self, Dataset, Normalization, Split, IMAGE_SIDE};
 use crate::executor::{Executor, Sgd};
@@ -14,6 +16,7 @@ use crate::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
 use crate::network::{Network, Shape};
 use crate::spec::{self, NetSpec, PRESETS};
 use crate::train::{self, TrainConfig};
+use crate::{plot, predict};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +33,10 @@ pub struct Cli {
 pub enum Command {
     /// Train a network on MNIST and print loss and accuracy after each epoch.
     Train(TrainArgs),
+    /// Evaluate a saved model on the test set: loss, accuracy and the confusion matrix.
+    Eval(EvalArgs),
+    /// Classify pictures of digits (PNG, JPEG, BMP) with a saved model.
+    Predict(PredictArgs),
     /// Measure training speed: images per second and time per epoch, medians of several runs.
     Bench(BenchArgs),
     /// List the named networks with their specs and training defaults.
@@ -47,9 +54,10 @@ pub enum NormalizeArg {
 /// Which network, and how to train it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// A preset name (see `presets`) or a network spec such as conv8k3-relu-maxpool2-dense10.
-    #[arg(long, default_value = "default")]
-    pub model: String,
+    /// A preset name (see `presets`) or a network spec such as conv8k3-relu-maxpool2-dense10
+    /// [default: default, or the network of --resume].
+    #[arg(long)]
+    pub model: Option<String>,
     /// Images per SGD step [default: the preset's].
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -59,9 +67,9 @@ pub struct ModelArgs {
     /// SGD momentum, 0 for plain SGD [default: the preset's].
     #[arg(long)]
     pub momentum: Option<f32>,
-    /// Seed of the weight initialisation, the shuffles and the dropout masks.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Seed of the weight initialisation, the shuffles and the dropout masks [default: 1, or that of --resume].
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 /// Where the data comes from.
@@ -76,9 +84,9 @@ pub struct DataArgs {
     /// Evaluate on the first N test images only [default: all 10000].
     #[arg(long, value_name = "N")]
     pub limit_test: Option<usize>,
-    /// How pixels become inputs.
-    #[arg(long, value_enum, default_value_t = NormalizeArg::Unit)]
-    pub normalize: NormalizeArg,
+    /// How pixels become inputs [default: unit, or that of the checkpoint].
+    #[arg(long, value_enum)]
+    pub normalize: Option<NormalizeArg>,
 }
 
 /// Which device runs it.
@@ -96,13 +104,59 @@ pub struct DeviceArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Passes over the training set [default: the preset's].
+    /// Epochs to reach, counting those of --resume [default: the preset's; with --resume, one more].
     #[arg(long)]
     pub epochs: Option<usize>,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Write the weights (PyTorch names and layouts), momentum, spec, seed and epoch as safetensors
+    /// after every epoch; the write is atomic.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Continue training from a checkpoint written by --save (weights and momentum).
+    #[arg(long, value_name = "FILE")]
+    pub resume: Option<PathBuf>,
+    /// Draw train and test loss and accuracy per epoch into this PNG (redrawn after every epoch).
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// Append one JSON object per epoch to this file (epoch, losses, accuracies, seconds, images/s, device).
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
+    /// Print only the final summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A checkpoint written by `train --save`.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Draw the confusion matrix and the most confidently misclassified test images into this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// Write one CSV row per test image: index, label, predicted class, its probability.
+    #[arg(long, value_name = "FILE.csv")]
+    pub predictions: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// A checkpoint written by `train --save`.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Pictures of single digits: PNG, JPEG or BMP, any size, dark on light or light on dark.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// Write the 28x28 image the network saw for each picture into this folder, as NAME.seen.png.
+    #[arg(long, value_name = "DIR")]
+    pub show: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,16 +195,16 @@ pub struct Resolved {
 }
 
 pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved> {
-    let looks_like_spec = args.model.contains('-')
-        || args.model.starts_with("conv")
-        || args.model.starts_with("dense");
-    let (name, spec_text, defaults) = match spec::preset(&args.model) {
+    let model = args.model.as_deref().unwrap_or("default");
+    let looks_like_spec =
+        model.contains('-') || model.starts_with("conv") || model.starts_with("dense");
+    let (name, spec_text, defaults) = match spec::preset(model) {
         Ok(p) => (
             p.name.to_string(),
             p.spec.to_string(),
             (p.epochs, p.batch_size, p.lr, p.momentum),
         ),
-        Err(_) if looks_like_spec => ("custom".to_string(), args.model.clone(), CUSTOM_DEFAULTS),
+        Err(_) if looks_like_spec => ("custom".to_string(), model.to_string(), CUSTOM_DEFAULTS),
         Err(e) => anyhow::bail!(e),
     };
     let spec = NetSpec::parse(&spec_text).map_err(anyhow::Error::msg)?;
@@ -161,8 +215,13 @@ pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved
             lr: args.lr.unwrap_or(defaults.2),
             momentum: args.momentum.unwrap_or(defaults.3),
         },
-        seed: args.seed,
+        seed: args.seed.unwrap_or(1),
     };
+    check_config(&config)?;
+    Ok(Resolved { name, spec, config })
+}
+
+fn check_config(config: &TrainConfig) -> Result<()> {
     anyhow::ensure!(config.batch_size >= 1, "--batch-size must be at least 1");
     anyhow::ensure!(
         config.sgd.lr.is_finite() && config.sgd.lr > 0.0,
@@ -174,7 +233,7 @@ pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved
         "--momentum must be in [0, 1), not {}",
         config.sgd.momentum
     );
-    Ok(Resolved { name, spec, config })
+    Ok(())
 }
 
 /// Load both splits from `--data`, applying the limits.
@@ -200,10 +259,10 @@ pub fn load_data(args: &DataArgs) -> Result<(Dataset, Dataset)> {
     Ok((train, test))
 }
 
-fn normalization(arg: NormalizeArg) -> Normalization {
+fn normalization(arg: Option<NormalizeArg>) -> Normalization {
     match arg {
-        NormalizeArg::Unit => Normalization::UNIT,
-        NormalizeArg::Standard => Normalization::STANDARD,
+        None | Some(NormalizeArg::Unit) => Normalization::UNIT,
+        Some(NormalizeArg::Standard) => Normalization::STANDARD,
     }
 }
 
@@ -262,30 +321,192 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train(args) => run_train(&args),
+        Command::Eval(args) => run_eval(&args),
+        Command::Predict(args) => run_predict(&args),
         Command::Bench(args) => run_bench(&args),
     }
 }
 
+/// What `train` reports to: the progress bar, the epoch lines, and the per-epoch outputs
+/// (metrics file, checkpoint, plot).
+struct Reporter<'a> {
+    args: &'a TrainArgs,
+    epochs: usize,
+    device: String,
+    model: String,
+    bar: Option<indicatif::ProgressBar>,
+    metrics: Option<std::fs::File>,
+    history: Vec<train::EpochReport>,
+    info: CheckpointInfo,
+    steps_per_epoch: u64,
+}
+
+impl train::Observer for Reporter<'_> {
+    fn progress(&mut self, p: &train::Progress) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(p.steps_per_epoch as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(format!("{}/{}", p.epoch, self.epochs));
+            bar
+        });
+        bar.set_position(p.step as u64);
+        bar.set_message(format!(
+            "loss {:.4} acc {:.2}%  {:.0} img/s",
+            p.so_far.mean_loss(),
+            100.0 * p.so_far.accuracy(),
+            p.so_far.count as f64 / p.seconds.max(1e-9)
+        ));
+    }
+
+    fn epoch_done(&mut self, r: &train::EpochReport, exec: &mut dyn Executor) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if !self.args.quiet {
+            println!("{}", r.line(self.epochs));
+        }
+        if let Some(file) = &mut self.metrics {
+            let line = serde_json::json!({
+                "epoch": r.epoch,
+                "train_loss": r.train.mean_loss(),
+                "train_accuracy": r.train.accuracy(),
+                "test_loss": r.test.mean_loss(),
+                "test_accuracy": r.test.accuracy(),
+                "seconds": r.seconds,
+                "images_per_second": r.images_per_second,
+                "device": self.device,
+                "model": self.model,
+            });
+            writeln!(file, "{line}")
+                .and_then(|_| file.flush())
+                .with_context(|| {
+                    format!(
+                        "{}: cannot write",
+                        self.args.metrics.as_ref().unwrap().display()
+                    )
+                })?;
+        }
+        if let Some(path) = &self.args.save {
+            let params = exec.parameters()?;
+            let momentum = exec.momentum()?;
+            let info = CheckpointInfo {
+                epoch: r.epoch,
+                step: r.epoch as u64 * self.steps_per_epoch,
+                ..self.info.clone()
+            };
+            checkpoint::save(path, exec.network(), &params, Some(&momentum), &info)?;
+        }
+        self.history.push(*r);
+        if let Some(path) = &self.args.plot {
+            plot::training_curves(
+                path,
+                &self.history,
+                &format!("{} on {}", self.model, self.device),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn run_train(args: &TrainArgs) -> Result<()> {
-    let resolved = resolve_model(&args.model, args.epochs)?;
-    let net = mnist_network(&resolved.spec)?;
+    let input = Shape {
+        channels: 1,
+        height: IMAGE_SIDE,
+        width: IMAGE_SIDE,
+    };
+    // With --resume, the checkpoint supplies the network and the defaults; options still override.
+    let resumed = args
+        .resume
+        .as_ref()
+        .map(|path| checkpoint::load(path, input, None))
+        .transpose()?;
+    let (name, spec, config, norm, first_epoch, params, momentum) = match resumed {
+        Some(ck) => {
+            if let Some(model) = &args.model.model {
+                let wanted = match spec::preset(model) {
+                    Ok(p) => NetSpec::parse(p.spec).map_err(anyhow::Error::msg)?,
+                    Err(_) => NetSpec::parse(model).map_err(anyhow::Error::msg)?,
+                };
+                anyhow::ensure!(
+                    wanted == ck.info.spec,
+                    "--model {model} is {wanted}, but {} holds {}; leave --model out to continue that network",
+                    args.resume.as_ref().unwrap().display(),
+                    ck.info.spec
+                );
+            }
+            let i = &ck.info;
+            let config = TrainConfig {
+                epochs: args.epochs.unwrap_or(i.epoch + 1),
+                batch_size: args.model.batch_size.unwrap_or(i.batch_size),
+                sgd: Sgd {
+                    lr: args.model.lr.unwrap_or(i.lr),
+                    momentum: args.model.momentum.unwrap_or(i.momentum),
+                },
+                seed: args.model.seed.unwrap_or(i.seed),
+            };
+            check_config(&config)?;
+            let norm = args
+                .data
+                .normalize
+                .map_or(i.normalization, |n| normalization(Some(n)));
+            let name = format!("resumed from {}", args.resume.as_ref().unwrap().display());
+            (
+                name,
+                i.spec.clone(),
+                config,
+                norm,
+                i.epoch + 1,
+                ck.params,
+                ck.momentum,
+            )
+        }
+        None => {
+            let r = resolve_model(&args.model, args.epochs)?;
+            let net = mnist_network(&r.spec)?;
+            let params = net.init_params(r.config.seed);
+            (
+                r.name,
+                r.spec,
+                r.config,
+                normalization(args.data.normalize),
+                1,
+                params,
+                None,
+            )
+        }
+    };
+    let net = mnist_network(&spec)?;
     let (train_set, test_set) = load_data(&args.data)?;
-    let c = resolved.config;
-    println!("model {} = {}", resolved.name, resolved.spec);
-    print!("{}", net.summary());
-    println!(
+    let c = config;
+    let say = |line: String| {
+        if !args.quiet {
+            println!("{line}");
+        }
+    };
+    say(format!("model {name} = {spec}"));
+    if !args.quiet {
+        print!("{}", net.summary());
+    }
+    say(format!(
         "data: {} training images, {} test images from {}",
         train_set.len(),
         test_set.len(),
         args.data.data.display()
-    );
-    println!(
-        "training: {} epochs, batch size {}, lr {}, momentum {}, seed {}",
+    ));
+    say(format!(
+        "training: epochs {first_epoch}..={}, batch size {}, lr {}, momentum {}, seed {}",
         c.epochs, c.batch_size, c.sgd.lr, c.sgd.momentum, c.seed
-    );
-    let params = net.init_params(c.seed);
+    ));
+    if first_epoch > c.epochs {
+        println!("nothing to do: the checkpoint has already trained {} epochs (ask for more with --epochs)", first_epoch - 1);
+        return Ok(());
+    }
     let train_len = train_set.len();
-    let norm = normalization(args.data.normalize);
     let mut exec = make_executor(
         &args.device,
         net,
@@ -296,18 +517,227 @@ fn run_train(args: &TrainArgs) -> Result<()> {
         c.seed,
         c.batch_size,
     )?;
-    println!("device: {}", exec.device());
-    let reports = train::train(exec.as_mut(), &c, train_len, |r| {
-        println!("{}", r.line(c.epochs))
-    })?;
+    if let Some(m) = &momentum {
+        exec.set_momentum(m)?;
+    }
+    let device = exec.device();
+    say(format!("device: {device}"));
+    let metrics = match &args.metrics {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(first_epoch > 1)
+                .write(true)
+                .truncate(first_epoch == 1)
+                .open(path)
+                .with_context(|| format!("{}: cannot open the metrics file", path.display()))?,
+        ),
+        None => None,
+    };
+    let steps_per_epoch = train_len.div_ceil(c.batch_size);
+    let mut reporter = Reporter {
+        args,
+        epochs: c.epochs,
+        device: device.clone(),
+        model: spec.to_string(),
+        bar: None,
+        metrics,
+        history: Vec::new(),
+        info: CheckpointInfo {
+            spec: spec.clone(),
+            seed: c.seed,
+            epoch: 0,
+            step: 0,
+            batch_size: c.batch_size,
+            lr: c.sgd.lr,
+            momentum: c.sgd.momentum,
+            normalization: norm,
+        },
+        steps_per_epoch: steps_per_epoch as u64,
+    };
+    // A live bar only on a terminal: each update reads the running loss back from the device.
+    let progress_every = if !args.quiet && std::io::stderr().is_terminal() {
+        (steps_per_epoch / 100).max(1)
+    } else {
+        0
+    };
+    let reports = train::train(
+        exec.as_mut(),
+        &c,
+        train_len,
+        first_epoch,
+        progress_every,
+        &mut reporter,
+    )?;
     if let Some(last) = reports.last() {
         println!(
-            "final test accuracy {:.2}% (loss {:.4}) after {} epochs",
+            "final test accuracy {:.2}% (loss {:.4}) after {} epochs on {}",
             100.0 * last.test.accuracy(),
             last.test.mean_loss(),
-            last.epoch
+            last.epoch,
+            device
         );
     }
+    if let Some(path) = &args.save {
+        say(format!("saved {}", path.display()));
+    }
+    if let Some(path) = &args.plot {
+        say(format!("plotted {}", path.display()));
+    }
+    Ok(())
+}
+
+fn empty_dataset() -> Dataset {
+    Dataset {
+        images: Vec::new(),
+        labels: Vec::new(),
+        source: "none".into(),
+    }
+}
+
+fn run_eval(args: &EvalArgs) -> Result<()> {
+    let input = Shape {
+        channels: 1,
+        height: IMAGE_SIDE,
+        width: IMAGE_SIDE,
+    };
+    let ck = checkpoint::load(&args.model, input, None)?;
+    let mut test = data::load_split(&args.data.data, Split::Test)?;
+    if let Some(n) = args.data.limit_test {
+        anyhow::ensure!(n >= 1, "--limit-test must be at least 1");
+        test.truncate(n);
+    }
+    let norm = args
+        .data
+        .normalize
+        .map_or(ck.info.normalization, |n| normalization(Some(n)));
+    let net = ck.network.clone();
+    let classes = net.classes();
+    let spec = ck.info.spec.clone();
+    let mut exec = make_executor(
+        &args.device,
+        net.clone(),
+        ck.params,
+        empty_dataset(),
+        test.clone(),
+        norm,
+        ck.info.seed,
+        1,
+    )?;
+    println!(
+        "model {} ({spec}, trained {} epochs) on {}",
+        args.model.display(),
+        ck.info.epoch,
+        exec.device()
+    );
+    let logits = exec.test_logits()?;
+    let loss = crate::cpu::loss_forward(net.loss(), classes, &logits, &test.labels);
+    let mut confusion = [[0u64; 10]; 10];
+    let mut mistakes = Vec::new();
+    let mut csv = String::from("index,label,predicted,probability\n");
+    for (n, &label) in test.labels.iter().enumerate() {
+        let probs = predict::probabilities(net.loss(), &logits[n * classes..(n + 1) * classes]);
+        let (predicted, confidence) = predict::ranked(&probs)[0];
+        csv.push_str(&format!("{n},{label},{predicted},{confidence}\n"));
+        if label < 10 && predicted < 10 {
+            confusion[label as usize][predicted] += 1;
+        }
+        if predicted != label as usize {
+            mistakes.push(plot::Mistake {
+                pixels: test.image(n),
+                label: label as usize,
+                predicted,
+                confidence,
+            });
+        }
+    }
+    let correct: u64 = (0..10).map(|i| confusion[i][i]).sum();
+    println!(
+        "test loss {loss:.4}, accuracy {:.2}% ({correct} of {} images)",
+        100.0 * correct as f64 / test.len() as f64,
+        test.len()
+    );
+    println!("confusion matrix (rows: true digit, columns: predicted):");
+    println!(
+        "       {}   recall",
+        (0..10).map(|c| format!("{c:>5}")).collect::<String>()
+    );
+    for (truth, row) in confusion.iter().enumerate() {
+        let total = row.iter().sum::<u64>().max(1);
+        println!(
+            "  {truth:>3}  {}  {:6.2}%",
+            row.iter().map(|v| format!("{v:>5}")).collect::<String>(),
+            100.0 * row[truth] as f64 / total as f64
+        );
+    }
+    if let Some(path) = &args.predictions {
+        checkpoint::write_atomically(path, csv.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        mistakes.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        mistakes.truncate(20);
+        let title = format!(
+            "{spec}: {:.2}% on {} test images",
+            100.0 * correct as f64 / test.len() as f64,
+            test.len()
+        );
+        plot::evaluation(path, &confusion, &mistakes, &title)?;
+        println!("plotted {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_predict(args: &PredictArgs) -> Result<()> {
+    let input = Shape {
+        channels: 1,
+        height: IMAGE_SIDE,
+        width: IMAGE_SIDE,
+    };
+    let ck = checkpoint::load(&args.model, input, None)?;
+    let norm = ck.info.normalization;
+    if let Some(dir) = &args.show {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    }
+    let mut failures = 0;
+    for path in &args.images {
+        let result = (|| -> Result<()> {
+            let frame =
+                predict::mnist_frame(&predict::load_gray(path)?, &path.display().to_string())?;
+            let x: Vec<f32> = frame.as_raw().iter().map(|&p| norm.apply(p)).collect();
+            let acts = crate::cpu::network_forward(&ck.network, &ck.params, x, 1, None);
+            let probs = predict::probabilities(ck.network.loss(), acts.last().unwrap());
+            let top: Vec<String> = predict::ranked(&probs)
+                .iter()
+                .take(3)
+                .map(|(c, p)| format!("{c} ({:.1}%)", 100.0 * p))
+                .collect();
+            println!("{}: {}", path.display(), top.join(", "));
+            if let Some(dir) = &args.show {
+                let stem = path
+                    .file_stem()
+                    .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+                let out = dir.join(format!("{stem}.seen.png"));
+                let mut bytes = std::io::Cursor::new(Vec::new());
+                frame
+                    .write_to(&mut bytes, image::ImageFormat::Png)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+                checkpoint::write_atomically(&out, &bytes.into_inner())?;
+                println!("  the network saw {}", out.display());
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!("error: {e:#}");
+            failures += 1;
+        }
+    }
+    anyhow::ensure!(
+        failures == 0,
+        "{failures} of {} images could not be classified",
+        args.images.len()
+    );
     Ok(())
 }
 

@@ -271,6 +271,34 @@ impl Executor for CpuReference {
         Ok(self.params.clone())
     }
 
+    fn momentum(&mut self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.velocity.clone())
+    }
+
+    fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
+        anyhow::ensure!(
+            momentum.len() == self.velocity.len()
+                && momentum
+                    .iter()
+                    .zip(&self.velocity)
+                    .all(|(m, v)| m.len() == v.len()),
+            "momentum buffers do not fit the network"
+        );
+        self.velocity = momentum.to_vec();
+        Ok(())
+    }
+
+    fn test_logits(&mut self) -> Result<Vec<f32>> {
+        let mut logits = Vec::with_capacity(self.test.len() * self.net.classes());
+        let all: Vec<u32> = (0..self.test.len() as u32).collect();
+        for chunk in all.chunks(EVAL_BATCH) {
+            let (images, _) = gather_batch(&self.test, chunk, self.norm);
+            let activations = network_forward(&self.net, &self.params, images, chunk.len(), None);
+            logits.extend_from_slice(activations.last().unwrap());
+        }
+        Ok(logits)
+    }
+
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
         self.order = order.to_vec();
         Ok(())

@@ -55,6 +55,15 @@ pub trait Executor {
     /// Read the parameters back.
     fn parameters(&mut self) -> Result<Vec<Vec<f32>>>;
 
+    /// The SGD momentum buffers, in parameter order (what `--resume` restores).
+    fn momentum(&mut self) -> Result<Vec<Vec<f32>>>;
+
+    /// Replace the SGD momentum buffers.
+    fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()>;
+
+    /// The logits of every test image, `[test images, classes]` row by row, dropout off.
+    fn test_logits(&mut self) -> Result<Vec<f32>>;
+
     /// The order in which training images are visited this epoch (indices into the training set).
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()>;
 

@@ -11,16 +11,22 @@
 //! - [`cpu`]: the CPU reference executor, built from [`reference`].
 //! - [`gpu`]: the GPU executor: the same network run by the WGSL kernels in `shaders/`.
 //! - [`train`]: the training loop, shared by every executor.
+//! - [`checkpoint`]: safetensors checkpoints PyTorch can read; atomic writes.
+//! - [`predict`]: a user's picture of a digit made to look like MNIST.
+//! - [`plot`]: training curves, confusion matrix and mistakes as PNG.
 //! - [`bench`]: the training benchmark behind `wgcnn bench`.
 //! - [`cli`]: the command line.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod cpu;
 pub mod data;
 pub mod executor;
 pub mod gpu;
 pub mod network;
+pub mod plot;
+pub mod predict;
 pub mod reference;
 pub mod spec;
 pub mod train;

@@ -74,18 +74,53 @@ impl Shuffler {
     }
 }
 
-/// Train for `config.epochs` epochs over `train_len` images, calling `on_epoch` after each.
-/// A loss that stops being finite ends training with an error naming the epoch and the step.
+/// Where training stands within an epoch, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub epoch: usize,
+    /// Steps done in this epoch.
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    /// Training loss and accuracy over this epoch's steps so far.
+    pub so_far: Metrics,
+    /// Seconds since the epoch began.
+    pub seconds: f64,
+}
+
+/// What the training loop reports to; every method has a do-nothing default.
+pub trait Observer {
+    /// Called every `progress_every` steps (see [`train`]).
+    fn progress(&mut self, _progress: &Progress) {}
+    /// Called after each epoch; an error stops training (a checkpoint that cannot be written, say).
+    fn epoch_done(&mut self, _report: &EpochReport, _exec: &mut dyn Executor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Train epochs `first_epoch..=config.epochs` (1-based; `first_epoch > 1` resumes a run: the
+/// shuffles and the step numbers continue where an uninterrupted run would be) over `train_len`
+/// images. Every `progress_every` steps (0: never) the running training metrics are read back and
+/// passed to `observer.progress`. A loss that stops being finite ends training with an error
+/// naming the epoch and the step.
 pub fn train(
     exec: &mut dyn Executor,
     config: &TrainConfig,
     train_len: usize,
-    mut on_epoch: impl FnMut(&EpochReport),
+    first_epoch: usize,
+    progress_every: usize,
+    observer: &mut dyn Observer,
 ) -> Result<Vec<EpochReport>> {
     anyhow::ensure!(config.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(train_len > 0, "the training set is empty");
     let steps_per_epoch = train_len.div_ceil(config.batch_size);
     let mut shuffler = Shuffler::new(config.seed, train_len);
+    for _ in 1..first_epoch {
+        shuffler.next_epoch();
+    }
     let mut reports = Vec::new();
     let diverged = |e: anyhow::Error| -> anyhow::Error {
         match e.downcast_ref::<Diverged>() {
@@ -101,17 +136,30 @@ pub fn train(
             None => e,
         }
     };
-    for epoch in 1..=config.epochs {
+    for epoch in first_epoch..=config.epochs {
         let started = Instant::now();
         exec.begin_epoch(shuffler.next_epoch())?;
+        let mut train = Metrics::default();
         for step_in_epoch in 0..steps_per_epoch {
             let start = step_in_epoch * config.batch_size;
             let len = config.batch_size.min(train_len - start);
             let step = ((epoch - 1) * steps_per_epoch + step_in_epoch) as u32;
             exec.train_step(start, len, step, config.sgd)
                 .map_err(diverged)?;
+            let done = step_in_epoch + 1;
+            if progress_every > 0 && done % progress_every == 0 && done < steps_per_epoch {
+                add(&mut train, exec.take_train_metrics().map_err(diverged)?);
+                let seconds = started.elapsed().as_secs_f64();
+                observer.progress(&Progress {
+                    epoch,
+                    step: done,
+                    steps_per_epoch,
+                    so_far: train,
+                    seconds,
+                });
+            }
         }
-        let train = exec.take_train_metrics().map_err(diverged)?;
+        add(&mut train, exec.take_train_metrics().map_err(diverged)?);
         let train_seconds = started.elapsed().as_secs_f64();
         let test = exec.evaluate(Split::Test)?;
         let report = EpochReport {
@@ -121,8 +169,14 @@ pub fn train(
             seconds: started.elapsed().as_secs_f64(),
             images_per_second: train_len as f64 / train_seconds,
         };
-        on_epoch(&report);
+        observer.epoch_done(&report, exec)?;
         reports.push(report);
     }
     Ok(reports)
+}
+
+fn add(total: &mut Metrics, more: Metrics) {
+    total.loss_sum += more.loss_sum;
+    total.correct += more.correct;
+    total.count += more.count;
 }

@@ -155,7 +155,7 @@ fn help_shows_the_defaults() {
     let (stdout, _) = text(&wgcnn(&["train", "--help"]));
     for needle in [
         "--model",
-        "[default: default]",
+        "[default: default, or the network of --resume]",
         "--data",
         "[default: assets/mnist]",
         "--seed",

@@ -64,6 +64,7 @@ pub struct GpuExecutor {
     sgd: Option<Sgd>,
     train_metrics: wgpu::Buffer,
     eval_metrics: wgpu::Buffer,
+    logits: wgpu::Buffer,
     bind_groups: Vec<wgpu::BindGroup>,
     train_plan: Vec<Dispatch>,
     eval_plan: Vec<Dispatch>,
@@ -528,6 +529,7 @@ impl GpuExecutor {
             sgd: None,
             train_metrics,
             eval_metrics,
+            logits: acts.last().unwrap().clone(),
             bind_groups,
             train_plan,
             eval_plan,
@@ -715,6 +717,62 @@ impl Executor for GpuExecutor {
             .map(|(b, i)| (b, i.len()))
             .collect();
         self.gpu.read_f32(&buffers, "reading the parameters back")
+    }
+
+    fn momentum(&mut self) -> Result<Vec<Vec<f32>>> {
+        let buffers: Vec<(&wgpu::Buffer, usize)> = self
+            .velocity
+            .iter()
+            .zip(&self.net.params)
+            .map(|(b, i)| (b, i.len()))
+            .collect();
+        self.gpu.read_f32(&buffers, "reading the momentum back")
+    }
+
+    fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
+        if momentum.len() != self.velocity.len() {
+            bail!(
+                "{} momentum tensors, expected {}",
+                momentum.len(),
+                self.velocity.len()
+            );
+        }
+        for ((info, m), buffer) in self.net.params.iter().zip(momentum).zip(&self.velocity) {
+            if m.len() != info.len() {
+                bail!(
+                    "momentum of {}: {} values, expected {}",
+                    info.name,
+                    m.len(),
+                    info.len()
+                );
+            }
+            self.gpu
+                .queue
+                .write_buffer(buffer, 0, bytemuck::cast_slice(m));
+        }
+        self.gpu.check("uploading the momentum")
+    }
+
+    fn test_logits(&mut self) -> Result<Vec<f32>> {
+        let classes = self.net.classes();
+        let mut logits = Vec::with_capacity(self.test_len * classes);
+        let mut start = 0;
+        while start < self.test_len {
+            let len = self.eval_batch.min(self.test_len - start);
+            self.submit_plan(false, len, 0, start, "computing test logits")?;
+            let chunk = self
+                .gpu
+                .read_f32(&[(&self.logits, len * classes)], "reading test logits")?;
+            logits.extend_from_slice(&chunk[0]);
+            start += len;
+        }
+        self.in_flight.clear();
+        self.gpu.queue.write_buffer(
+            &self.eval_metrics,
+            0,
+            bytemuck::cast_slice(&kernels::metrics_zero()),
+        );
+        Ok(logits)
     }
 
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {

@@ -1,0 +1,657 @@
+//! What a user keeps from training: checkpoints, resuming, evaluation, predictions on their own
+//! pictures, plots, metrics files, help and errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use image::{GrayImage, Luma};
+use wgcnn::checkpoint::{self, CheckpointInfo};
+use wgcnn::cpu::CpuReference;
+use wgcnn::data::{load_split, Dataset, Normalization, Split};
+use wgcnn::executor::{Executor, Sgd};
+use wgcnn::network::{Network, Shape};
+use wgcnn::spec::NetSpec;
+
+const MNIST: Shape = Shape {
+    channels: 1,
+    height: 28,
+    width: 28,
+};
+
+fn wgcnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn mnist(split: Split, n: usize) -> Dataset {
+    let mut set = load_split(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist"),
+        split,
+    )
+    .unwrap();
+    set.truncate(n);
+    set
+}
+
+fn info(spec: &NetSpec, epoch: usize) -> CheckpointInfo {
+    CheckpointInfo {
+        spec: spec.clone(),
+        seed: 4,
+        epoch,
+        step: 10,
+        batch_size: 16,
+        lr: 0.05,
+        momentum: 0.9,
+        normalization: Normalization::UNIT,
+    }
+}
+
+/// A relu-maxpool network trained for a few steps on the CPU reference.
+fn trained(spec_text: &str) -> (Network, CpuReference) {
+    let spec = NetSpec::parse(spec_text).unwrap();
+    let net = Network::new(&spec, MNIST).unwrap();
+    let (train, test) = (mnist(Split::Train, 160), mnist(Split::Test, 100));
+    let mut exec = CpuReference::new(
+        net.clone(),
+        net.init_params(4),
+        train,
+        test,
+        Normalization::UNIT,
+        4,
+    );
+    exec.begin_epoch(&(0..160).collect::<Vec<u32>>()).unwrap();
+    for step in 0..10 {
+        exec.train_step(
+            step * 16,
+            16,
+            step as u32,
+            Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+            },
+        )
+        .unwrap();
+    }
+    (net, exec)
+}
+
+#[test]
+fn a_saved_checkpoint_loads_and_predicts_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    for spec_text in [
+        "conv8k3-relu-maxpool2-dense10",
+        "conv4k3s2p1nb-tanh-dropout0.3-dense12-sigmoid-dense10-bce",
+    ] {
+        let (net, mut exec) = trained(spec_text);
+        let before = exec.test_logits().unwrap();
+        let (params, momentum) = (exec.parameters().unwrap(), exec.momentum().unwrap());
+        checkpoint::save(&path, &net, &params, Some(&momentum), &info(&net.spec, 1)).unwrap();
+
+        let ck = checkpoint::load(&path, MNIST, None).unwrap();
+        assert_eq!(ck.info, info(&net.spec, 1));
+        assert_eq!(ck.network, net);
+        assert_eq!(ck.params, params);
+        assert_eq!(ck.momentum.as_ref(), Some(&momentum));
+        let mut again = CpuReference::new(
+            ck.network,
+            ck.params,
+            mnist(Split::Train, 1),
+            mnist(Split::Test, 100),
+            Normalization::UNIT,
+            4,
+        );
+        let after = again.test_logits().unwrap();
+        assert_eq!(
+            before.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            after.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{spec_text}"
+        );
+    }
+}
+
+/// Rewrite a checkpoint's tensors through `edit` (name -> (shape, values)), keeping its metadata.
+fn rewrite(path: &Path, out: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name.to_string(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, shape, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let out_bytes = safetensors::serialize(views, header.metadata().clone()).unwrap();
+    std::fs::write(out, out_bytes).unwrap();
+}
+
+#[test]
+fn broken_checkpoints_are_rejected_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    let (net, mut exec) = trained("conv8k3-relu-maxpool2-dense10");
+    checkpoint::save(
+        &good,
+        &net,
+        &exec.parameters().unwrap(),
+        None,
+        &info(&net.spec, 1),
+    )
+    .unwrap();
+    let load = |p: &PathBuf| {
+        checkpoint::load(p, MNIST, None)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+
+    let missing = dir.path().join("missing.safetensors");
+    rewrite(&good, &missing, |t| t.retain(|(n, _, _)| n != "4.bias"));
+    let e = load(&missing);
+    assert!(
+        e.contains("no tensor '4.bias' (shape [10])") && e.contains("missing.safetensors"),
+        "{e}"
+    );
+
+    let wrong = dir.path().join("wrong.safetensors");
+    rewrite(&good, &wrong, |t| {
+        for (n, shape, data) in t.iter_mut() {
+            if n == "0.weight" {
+                *shape = vec![8, 1, 9];
+                data.truncate(8 * 9 * 4);
+            }
+        }
+    });
+    let e = load(&wrong);
+    assert!(
+        e.contains("tensor '0.weight'")
+            && e.contains("has shape [8, 1, 9]; the network needs [8, 1, 3, 3]"),
+        "{e}"
+    );
+
+    let bytes = std::fs::read(&good).unwrap();
+    for cut in [bytes.len() - 10, bytes.len() / 2, 20, 3] {
+        let truncated = dir.path().join(format!("cut{cut}.safetensors"));
+        std::fs::write(&truncated, &bytes[..cut]).unwrap();
+        let e = load(&truncated);
+        assert!(
+            e.contains("not a valid safetensors checkpoint (truncated or corrupt?)")
+                && e.contains(&format!("cut{cut}")),
+            "{e}"
+        );
+    }
+    let e = load(&dir.path().join("absent.safetensors"));
+    assert!(
+        e.contains("absent.safetensors: cannot read the checkpoint"),
+        "{e}"
+    );
+
+    // A checkpoint for another network, resumed with --model, says which is which.
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--resume",
+        good.to_str().unwrap(),
+        "--model",
+        "dropout",
+        "--limit-train",
+        "10",
+    ]));
+    assert!(
+        stderr.contains("--model dropout is conv16k3-tanh-dropout0.5-dense10-softmax, but")
+            && stderr.contains("holds conv8k3-relu-maxpool2-dense10-softmax"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn resuming_continues_exactly_where_the_run_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    let common = [
+        "--model",
+        "conv4k3-tanh-dropout0.3-dense10",
+        "--limit-train",
+        "200",
+        "--limit-test",
+        "50",
+        "--batch-size",
+        "16",
+        "--seed",
+        "7",
+    ];
+    // Two epochs straight, against one epoch, then --resume for the second.
+    let straight = wgcnn(
+        &[
+            &["train", "--epochs", "2", "--save", a.to_str().unwrap()][..],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(straight.status.success(), "{:?}", text(&straight));
+    let first = wgcnn(
+        &[
+            &["train", "--epochs", "1", "--save", b.to_str().unwrap()][..],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(first.status.success(), "{:?}", text(&first));
+    let resumed = wgcnn(&[
+        "train",
+        "--resume",
+        b.to_str().unwrap(),
+        "--save",
+        b.to_str().unwrap(),
+        "--limit-train",
+        "200",
+        "--limit-test",
+        "50",
+    ]);
+    let (out, err) = text(&resumed);
+    assert!(resumed.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("epochs 2..=2") && out.contains("epoch 2/2"),
+        "{out}"
+    );
+    let (ca, cb) = (
+        checkpoint::load(&a, MNIST, None).unwrap(),
+        checkpoint::load(&b, MNIST, None).unwrap(),
+    );
+    assert_eq!(cb.info.epoch, 2);
+    // Same shuffles, same dropout masks, same momentum: the same weights, bit for bit.
+    assert_eq!(ca.params, cb.params);
+    assert_eq!(ca.momentum, cb.momentum);
+    let again = wgcnn(&[
+        "train",
+        "--resume",
+        b.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--limit-train",
+        "200",
+    ]);
+    assert!(
+        text(&again).0.contains("nothing to do"),
+        "{:?}",
+        text(&again)
+    );
+}
+
+#[test]
+fn eval_reports_loss_accuracy_and_confusion_and_draws_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let plot = dir.path().join("train.png");
+    let metrics = dir.path().join("m.jsonl");
+    let out = wgcnn(&[
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "1500",
+        "--limit-test",
+        "300",
+        "--save",
+        model.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+        "--metrics",
+        metrics.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // One JSON object per epoch, with what other tools need.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["epoch"], i + 1);
+        for key in [
+            "train_loss",
+            "train_accuracy",
+            "test_loss",
+            "test_accuracy",
+            "seconds",
+            "images_per_second",
+        ] {
+            assert!(l[key].as_f64().is_some_and(f64::is_finite), "{key} in {l}");
+        }
+        assert!(l["device"].as_str().unwrap().contains("CPU"));
+    }
+    let final_accuracy = lines[1]["test_accuracy"].as_f64().unwrap();
+
+    let eval_plot = dir.path().join("eval.png");
+    let out = wgcnn(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--limit-test",
+        "300",
+        "--plot",
+        eval_plot.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // The same accuracy as the run reported for its last epoch.
+    assert!(
+        stdout.contains(&format!("accuracy {:.2}%", 100.0 * final_accuracy)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("confusion matrix"), "{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_end().ends_with('%') && l.trim_start().starts_with(char::is_numeric))
+        .collect();
+    assert_eq!(rows.len(), 10, "{stdout}");
+
+    for (path, (w, h)) in [(&plot, (1200, 500)), (&eval_plot, (1300, 640))] {
+        let img = image::open(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .to_rgb8();
+        assert_eq!(img.dimensions(), (w, h), "{}", path.display());
+        let inked = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        let colored = img
+            .pixels()
+            .filter(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2])
+            .count();
+        // Not blank: axes, text and curves cover a few percent of the picture, some of it in colour.
+        assert!(
+            inked > (w * h / 100) as usize && colored > 500,
+            "{}: {inked} inked, {colored} coloured",
+            path.display()
+        );
+    }
+}
+
+/// A test image as a PNG in another form: scaled by `scale`, inverted or not, pasted at `at` on
+/// a canvas of `canvas` size filled with the background.
+fn variant(
+    pixels: &[u8],
+    scale: u32,
+    dark_on_light: bool,
+    canvas: (u32, u32),
+    at: (u32, u32),
+) -> GrayImage {
+    let digit = GrayImage::from_fn(28, 28, |x, y| {
+        let v = pixels[(y * 28 + x) as usize];
+        Luma([if dark_on_light { 255 - v } else { v }])
+    });
+    let big = image::imageops::resize(
+        &digit,
+        28 * scale,
+        28 * scale,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut out = GrayImage::from_pixel(
+        canvas.0,
+        canvas.1,
+        Luma([if dark_on_light { 255 } else { 0 }]),
+    );
+    image::imageops::overlay(&mut out, &big, at.0 as i64, at.1 as i64);
+    out
+}
+
+#[test]
+fn predict_reads_pictures_of_any_kind_like_the_test_digit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let out = wgcnn(&[
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "6000",
+        "--limit-test",
+        "100",
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let ck = checkpoint::load(&model, MNIST, None).unwrap();
+    let test = mnist(Split::Test, 12);
+    let mut checked = 0;
+    for n in 0..test.len() {
+        // What the network says of the test digit itself...
+        let x: Vec<f32> = test
+            .image(n)
+            .iter()
+            .map(|&p| Normalization::UNIT.apply(p))
+            .collect();
+        let logits = wgcnn::cpu::network_forward(&ck.network, &ck.params, x, 1, None)
+            .pop()
+            .unwrap();
+        let (expected, confidence) =
+            wgcnn::predict::ranked(&wgcnn::predict::probabilities(ck.network.loss(), &logits))[0];
+        if confidence < 0.9 {
+            continue; // a digit the network hesitates on may tip either way when redrawn
+        }
+        // ...it must say of the same digit drawn other ways.
+        let pixels = test.image(n);
+        let variants = [
+            (
+                "light-on-dark-3x",
+                variant(pixels, 3, false, (84, 84), (0, 0)),
+            ),
+            (
+                "dark-on-light-2x",
+                variant(pixels, 2, true, (56, 56), (0, 0)),
+            ),
+            ("off-centre", variant(pixels, 2, true, (200, 150), (130, 5))),
+            ("small-light", variant(pixels, 1, false, (40, 90), (12, 60))),
+        ];
+        let mut paths = Vec::new();
+        for (name, img) in &variants {
+            let path = dir.path().join(format!("digit{n}-{name}.png"));
+            img.save(&path).unwrap();
+            paths.push(path);
+        }
+        let seen = dir.path().join("seen");
+        let args: Vec<&str> = [
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--show",
+            seen.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(paths.iter().map(|p| p.to_str().unwrap()))
+        .collect();
+        let out = wgcnn(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        for path in &paths {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(path.to_str().unwrap()))
+                .unwrap_or_else(|| panic!("{stdout}"));
+            let top: usize = line.split(": ").nth(1).unwrap()[..1].parse().unwrap();
+            assert_eq!(
+                top,
+                expected,
+                "{} (label {}): {line}",
+                path.display(),
+                test.labels[n]
+            );
+            let stem = path.file_stem().unwrap().to_string_lossy();
+            let frame = image::open(seen.join(format!("{stem}.seen.png")))
+                .unwrap()
+                .to_luma8();
+            assert_eq!(frame.dimensions(), (28, 28));
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} of 12 test digits were classified with confidence"
+    );
+}
+
+#[test]
+fn predict_and_outputs_fail_clearly_on_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (net, mut exec) = trained("conv8k3-relu-maxpool2-dense10");
+    let model = dir.path().join("m.safetensors");
+    checkpoint::save(
+        &model,
+        &net,
+        &exec.parameters().unwrap(),
+        None,
+        &info(&net.spec, 1),
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+
+    let not_image = dir.path().join("notes.png");
+    std::fs::write(&not_image, b"this is not a picture").unwrap();
+    let blank = dir.path().join("blank.png");
+    GrayImage::from_pixel(30, 30, Luma([200]))
+        .save(&blank)
+        .unwrap();
+    let (_, stderr) = text(&wgcnn(&[
+        "predict",
+        "--model",
+        m,
+        not_image.to_str().unwrap(),
+        blank.to_str().unwrap(),
+    ]));
+    assert!(
+        stderr.contains("notes.png: not a readable PNG, JPEG or BMP image"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("blank.png: no digit found"), "{stderr}");
+    assert!(
+        stderr.contains("2 of 2 images could not be classified") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    let (_, stderr) = text(&wgcnn(&["eval", "--model", not_image.to_str().unwrap()]));
+    assert!(
+        stderr.contains("not a valid safetensors checkpoint"),
+        "{stderr}"
+    );
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "50",
+        "--limit-test",
+        "10",
+        "--metrics",
+        "/nonexistent-dir/m.jsonl",
+    ]));
+    assert!(
+        stderr.contains("/nonexistent-dir/m.jsonl: cannot open the metrics file"),
+        "{stderr}"
+    );
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "50",
+        "--limit-test",
+        "10",
+        "--save",
+        "/nonexistent-dir/m.safetensors",
+    ]));
+    assert!(
+        stderr.contains("/nonexistent-dir/m.safetensors: cannot write"),
+        "{stderr}"
+    );
+    // No temporary file is left behind by a failed or successful save.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn every_command_explains_its_options_and_defaults() {
+    for (command, needles) in [
+        (
+            "train",
+            &[
+                "--save",
+                "--resume",
+                "--plot",
+                "--metrics",
+                "--quiet",
+                "--gpu",
+                "[default: assets/mnist]",
+            ][..],
+        ),
+        ("eval", &["--model", "--plot", "--limit-test", "--gpu"][..]),
+        ("predict", &["--model", "--show", "IMAGE"][..]),
+        (
+            "bench",
+            &[
+                "--steps",
+                "[default: 50]",
+                "--repeats",
+                "[default: 5]",
+                "--json",
+                "--profile",
+            ][..],
+        ),
+    ] {
+        let (stdout, _) = text(&wgcnn(&[command, "--help"]));
+        for needle in needles {
+            assert!(
+                stdout.contains(needle),
+                "{command} --help lacks {needle}:\n{stdout}"
+            );
+        }
+    }
+    // --quiet leaves only the summary.
+    let (stdout, _) = text(&wgcnn(&[
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "100",
+        "--limit-test",
+        "20",
+        "--quiet",
+    ]));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("final test accuracy"), "{stdout}");
+}
