@@ -253,7 +253,7 @@ pub fn evaluation(
             right
                 .draw(&Text::new(
                     format!(
-                        "{} -> {} ({:.0}%)",
+                        "{} -> {} ({:.1}%)",
                         m.label,
                         m.predicted,
                         100.0 * m.confidence
