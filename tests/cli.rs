@@ -1,21 +1,8 @@
 //! The command line, run as a user would run it.
 
-use std::process::{Command, Output};
+mod common;
 
-fn wgcnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{text, wgcnn};
 
 /// The test accuracy of each epoch line, in percent.
 fn test_accuracies(stdout: &str) -> Vec<f64> {

@@ -2,8 +2,10 @@
 //! pictures, plots, metrics files, help and errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+mod common;
+
+use common::{text, wgcnn};
 use image::{GrayImage, Luma};
 use wgcnn::checkpoint::{self, CheckpointInfo};
 use wgcnn::cpu::CpuReference;
@@ -17,21 +19,6 @@ const MNIST: Shape = Shape {
     height: 28,
     width: 28,
 };
-
-fn wgcnn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn mnist(split: Split, n: usize) -> Dataset {
     let mut set = load_split(

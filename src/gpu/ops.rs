@@ -72,34 +72,6 @@ impl Ops<'_> {
         bias: Option<&[f32]>,
         d_output: &[f32],
     ) -> Result<LayerResult> {
-        let g = self.gpu;
-        let dims = g.uniform("conv dims", &kernels::conv_dims(s, bias.is_some()));
-        let step = g.uniform("step", &kernels::step_words(s.batch, 0, 0, true));
-        let b_input = g.storage_init("input", bytes(input));
-        let b_weight = g.storage_init("weight", bytes(weight));
-        let b_bias = g.storage_init("bias", bytes(bias.unwrap_or(&[0.0])));
-        let b_output = self.zeros("output", s.output_len());
-        let b_d_output = g.storage_init("d_output", bytes(d_output));
-        let b_d_input = self.zeros("d_input", s.input_len());
-        let b_d_weight = self.zeros("d_weight", s.weight_len());
-        let b_d_bias = self.zeros("d_bias", s.out_channels);
-        let bg = self.kernels.bind(
-            g,
-            "conv2d",
-            "conv2d op",
-            &[
-                &dims,
-                &step,
-                &b_input,
-                &b_weight,
-                &b_bias,
-                &b_output,
-                &b_d_output,
-                &b_d_input,
-                &b_d_weight,
-                &b_d_bias,
-            ],
-        );
         let mut entries = vec![
             (
                 "conv2d_forward",
@@ -114,15 +86,105 @@ impl Ops<'_> {
         if bias.is_some() {
             entries.push(("conv2d_backward_bias", Work::Groups(s.out_channels as u32)));
         }
-        self.run("conv2d op", &bg, &entries);
+        let dims = kernels::conv_dims(s, bias.is_some());
+        let lens = [
+            s.output_len(),
+            s.input_len(),
+            s.weight_len(),
+            s.out_channels,
+        ];
+        self.layer_with_params(
+            "conv2d",
+            &dims,
+            s.batch,
+            [input, weight, d_output],
+            bias,
+            lens,
+            &entries,
+        )
+    }
+
+    /// Dense forward and both backward passes.
+    pub fn dense(
+        &self,
+        s: &DenseShape,
+        input: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        d_output: &[f32],
+    ) -> Result<LayerResult> {
+        let (n_in, n_out, n_w) = (
+            s.batch * s.in_features,
+            s.batch * s.out_features,
+            s.in_features * s.out_features,
+        );
+        let mut entries = vec![
+            ("dense_forward", Work::Threads(n_out as u32)),
+            ("dense_backward_input", Work::Threads(n_in as u32)),
+            ("dense_backward_weight", Work::Threads(n_w as u32)),
+        ];
+        if bias.is_some() {
+            entries.push(("dense_backward_bias", Work::Threads(s.out_features as u32)));
+        }
+        let dims = kernels::dense_dims(s, bias.is_some());
+        self.layer_with_params(
+            "dense",
+            &dims,
+            s.batch,
+            [input, weight, d_output],
+            bias,
+            [n_out, n_in, n_w, s.out_features],
+            &entries,
+        )
+    }
+
+    /// conv2d.wgsl and dense.wgsl share their bindings: make them from `data` (input, weight,
+    /// d_output) and `bias`, run `entries` in one submission, and read back the output, d_input,
+    /// d_weight and d_bias (`lens` values each).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_with_params(
+        &self,
+        file: &str,
+        dims: &[u32],
+        batch: usize,
+        data: [&[f32]; 3],
+        bias: Option<&[f32]>,
+        lens: [usize; 4],
+        entries: &[(&str, Work)],
+    ) -> Result<LayerResult> {
+        let g = self.gpu;
+        let [input, weight, d_output] = data;
+        let dims = g.uniform("dims", dims);
+        let step = g.uniform("step", &kernels::step_words(batch, 0, 0, true));
+        let b_input = g.storage_init("input", bytes(input));
+        let b_weight = g.storage_init("weight", bytes(weight));
+        let b_bias = g.storage_init("bias", bytes(bias.unwrap_or(&[0.0])));
+        let b_d_output = g.storage_init("d_output", bytes(d_output));
+        let names = ["output", "d_input", "d_weight", "d_bias"];
+        let [b_output, b_d_input, b_d_weight, b_d_bias] =
+            [0, 1, 2, 3].map(|i| self.zeros(names[i], lens[i]));
+        let buffers = [
+            &dims,
+            &step,
+            &b_input,
+            &b_weight,
+            &b_bias,
+            &b_output,
+            &b_d_output,
+            &b_d_input,
+            &b_d_weight,
+            &b_d_bias,
+        ];
+        let bg = self.kernels.bind(g, file, file, &buffers);
+        self.run(file, &bg, entries);
         let out = g.read_f32(
             &[
-                (&b_output, s.output_len()),
-                (&b_d_input, s.input_len()),
-                (&b_d_weight, s.weight_len()),
-                (&b_d_bias, s.out_channels),
+                (&b_output, lens[0]),
+                (&b_d_input, lens[1]),
+                (&b_d_weight, lens[2]),
+                (&b_d_bias, lens[3]),
             ],
-            "conv2d op",
+            file,
         )?;
         let [output, d_input, d_weight, d_bias] = <[Vec<f32>; 4]>::try_from(out).unwrap();
         Ok(LayerResult {
@@ -173,75 +235,6 @@ impl Ops<'_> {
         )?;
         let d_input = out.pop().unwrap();
         Ok((out.pop().unwrap(), d_input))
-    }
-
-    /// Dense forward and both backward passes.
-    pub fn dense(
-        &self,
-        s: &DenseShape,
-        input: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        d_output: &[f32],
-    ) -> Result<LayerResult> {
-        let g = self.gpu;
-        let (n_in, n_out, n_w) = (
-            s.batch * s.in_features,
-            s.batch * s.out_features,
-            s.in_features * s.out_features,
-        );
-        let dims = g.uniform("dense dims", &kernels::dense_dims(s, bias.is_some()));
-        let step = g.uniform("step", &kernels::step_words(s.batch, 0, 0, true));
-        let b_input = g.storage_init("input", bytes(input));
-        let b_weight = g.storage_init("weight", bytes(weight));
-        let b_bias = g.storage_init("bias", bytes(bias.unwrap_or(&[0.0])));
-        let b_output = self.zeros("output", n_out);
-        let b_d_output = g.storage_init("d_output", bytes(d_output));
-        let b_d_input = self.zeros("d_input", n_in);
-        let b_d_weight = self.zeros("d_weight", n_w);
-        let b_d_bias = self.zeros("d_bias", s.out_features);
-        let bg = self.kernels.bind(
-            g,
-            "dense",
-            "dense op",
-            &[
-                &dims,
-                &step,
-                &b_input,
-                &b_weight,
-                &b_bias,
-                &b_output,
-                &b_d_output,
-                &b_d_input,
-                &b_d_weight,
-                &b_d_bias,
-            ],
-        );
-        let mut entries = vec![
-            ("dense_forward", Work::Threads(n_out as u32)),
-            ("dense_backward_input", Work::Threads(n_in as u32)),
-            ("dense_backward_weight", Work::Threads(n_w as u32)),
-        ];
-        if bias.is_some() {
-            entries.push(("dense_backward_bias", Work::Threads(s.out_features as u32)));
-        }
-        self.run("dense op", &bg, &entries);
-        let out = g.read_f32(
-            &[
-                (&b_output, n_out),
-                (&b_d_input, n_in),
-                (&b_d_weight, n_w),
-                (&b_d_bias, s.out_features),
-            ],
-            "dense op",
-        )?;
-        let [output, d_input, d_weight, d_bias] = <[Vec<f32>; 4]>::try_from(out).unwrap();
-        Ok(LayerResult {
-            output,
-            d_input,
-            d_weight,
-            d_bias,
-        })
     }
 
     /// An elementwise op of `activation.wgsl` or `dropout.wgsl` over `batch` samples: runs

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use safetensors::{Dtype, SafeTensors};
 
@@ -117,4 +118,21 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f32, rto
             actual[i], expected[i]
         );
     }
+}
+
+/// Run the wgcnn binary from the crate root.
+pub fn wgcnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+/// Its stdout and stderr as text.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
