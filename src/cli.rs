@@ -12,6 +12,7 @@ use crate::checkpoint::{self, CheckpointInfo};
 use crate::cpu::CpuReference;
 use crate::data::{self, Dataset, Normalization, Split, IMAGE_SIDE};
 use crate::executor::{Executor, Sgd};
+use crate::fast::FastCpu;
 use crate::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
 use crate::network::{Network, Shape};
 use crate::spec::{self, NetSpec, PRESETS};
@@ -98,6 +99,9 @@ pub struct DeviceArgs {
     /// With --gpu: the adapter whose name contains NAME, case-insensitive [default: WGPU_ADAPTER_NAME, else the high-performance one]. WGPU_BACKEND=vulkan|metal|dx12|gl picks the API.
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
+    /// Run the plain-loop CPU reference (the specification; slow) instead of the fast CPU executor.
+    #[arg(long, conflicts_with = "gpu")]
+    pub cpu_reference: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -291,9 +295,15 @@ pub fn make_executor(
             device.adapter.is_none(),
             "--adapter chooses a GPU: add --gpu"
         );
-        Ok(Box::new(CpuReference::new(
-            net, params, train_set, test_set, norm, seed,
-        )))
+        if device.cpu_reference {
+            Ok(Box::new(CpuReference::new(
+                net, params, train_set, test_set, norm, seed,
+            )))
+        } else {
+            Ok(Box::new(FastCpu::new(
+                net, params, train_set, test_set, norm, seed, batch_size,
+            )))
+        }
     }
 }
 
@@ -835,7 +845,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
             "model": resolved.name,
             "spec": resolved.spec.to_string(),
             "device": r.device,
-            "backend": if args.device.gpu { "gpu" } else { "cpu-reference" },
+            "backend": if args.device.gpu { "gpu" } else if args.device.cpu_reference { "cpu-reference" } else { "cpu" },
             "batch_size": r.batch_size,
             "steps": r.steps,
             "repeats": r.images_per_second.len(),

@@ -9,6 +9,7 @@
 //! - [`reference`]: every layer's forward and backward pass as plain loops: the specification.
 //! - [`executor`]: the trait an executor implements to train and evaluate a network on a device.
 //! - [`cpu`]: the CPU reference executor, built from [`reference`].
+//! - [`fast`]: the fast CPU executor: im2col + SGEMM over all cores, checked against [`reference`].
 //! - [`gpu`]: the GPU executor: the same network run by the WGSL kernels in `shaders/`.
 //! - [`train`]: the training loop, shared by every executor.
 //! - [`checkpoint`]: safetensors checkpoints PyTorch can read; atomic writes.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod cpu;
 pub mod data;
 pub mod executor;
+pub mod fast;
 pub mod gpu;
 pub mod network;
 pub mod plot;

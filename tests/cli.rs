@@ -22,35 +22,43 @@ fn test_accuracies(stdout: &str) -> Vec<f64> {
 
 #[test]
 fn training_a_preset_on_a_subset_rises_well_above_chance() {
-    let out = wgcnn(&[
-        "train",
-        "--model",
-        "relu-maxpool",
-        "--epochs",
-        "3",
-        "--limit-train",
-        "2000",
-        "--limit-test",
-        "500",
-    ]);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let accs = test_accuracies(&stdout);
-    assert_eq!(accs.len(), 3, "{stdout}");
-    // Chance is 10%; this network reaches ~90% on 2000 images in 3 epochs.
-    assert!(
-        accs[2] > 80.0,
-        "final test accuracy {}%:\n{stdout}",
-        accs[2]
-    );
-    assert!(
-        stdout.contains("img/s") && stdout.contains("device: CPU reference"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("2000 training images, 500 test images"),
-        "{stdout}"
-    );
+    // The default CPU executor and the plain reference alike.
+    for (extra, device) in [
+        (None, "device: CPU (im2col + SGEMM"),
+        (Some("--cpu-reference"), "device: CPU reference"),
+    ] {
+        let mut args = vec![
+            "train",
+            "--model",
+            "relu-maxpool",
+            "--epochs",
+            "3",
+            "--limit-train",
+            "2000",
+            "--limit-test",
+            "500",
+        ];
+        args.extend(extra);
+        let out = wgcnn(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let accs = test_accuracies(&stdout);
+        assert_eq!(accs.len(), 3, "{stdout}");
+        // Chance is 10%; this network reaches ~90% on 2000 images in 3 epochs.
+        assert!(
+            accs[2] > 80.0,
+            "final test accuracy {}%:\n{stdout}",
+            accs[2]
+        );
+        assert!(
+            stdout.contains("img/s") && stdout.contains(device),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("2000 training images, 500 test images"),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]
