@@ -78,18 +78,29 @@ pub fn loss_forward<T: Float>(loss: Loss, classes: usize, logits: &[T], labels: 
 /// The gradient of the batch-mean loss with respect to the logits.
 pub fn loss_backward<T: Float>(loss: Loss, classes: usize, logits: &[T], labels: &[u8]) -> Vec<T> {
     let mut d_logits = vec![T::zero(); logits.len()];
+    loss_backward_into(loss, classes, logits, labels, &mut d_logits);
+    d_logits
+}
+
+/// [`loss_backward`] into a buffer the caller owns.
+pub fn loss_backward_into<T: Float>(
+    loss: Loss,
+    classes: usize,
+    logits: &[T],
+    labels: &[u8],
+    d_logits: &mut [T],
+) {
     match loss {
         Loss::SoftmaxCrossEntropy => {
-            r::softmax_cross_entropy_backward(classes, logits, labels, &mut d_logits)
+            r::softmax_cross_entropy_backward(classes, logits, labels, d_logits)
         }
         Loss::SigmoidBinaryCrossEntropy => {
-            r::sigmoid_binary_cross_entropy_backward(classes, logits, labels, &mut d_logits)
+            r::sigmoid_binary_cross_entropy_backward(classes, logits, labels, d_logits)
         }
         Loss::SigmoidMeanSquaredError => {
-            r::sigmoid_mean_squared_error_backward(classes, logits, labels, &mut d_logits)
+            r::sigmoid_mean_squared_error_backward(classes, logits, labels, d_logits)
         }
     }
-    d_logits
 }
 
 /// Backward through every layer, from the gradient of the loss with respect to the logits.

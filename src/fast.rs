@@ -11,7 +11,7 @@
 use anyhow::Result;
 use rayon::prelude::*;
 
-use crate::cpu::{loss_backward, loss_forward};
+use crate::cpu::{loss_backward_into, loss_forward};
 use crate::data::{Dataset, Normalization, Split, IMAGE_PIXELS};
 use crate::executor::{Diverged, Executor, Metrics, Sgd};
 use crate::network::{dropout_seed, Network, ResolvedLayer};
@@ -414,6 +414,26 @@ pub fn pool2d_backward(
         });
 }
 
+/// Normalise the images `indices` of `data` into `x`, their labels into `labels`.
+fn gather(
+    data: &Dataset,
+    indices: &[u32],
+    norm: Normalization,
+    x: &mut [f32],
+    labels: &mut Vec<u8>,
+) {
+    labels.clear();
+    labels.extend(indices.iter().map(|&i| data.labels[i as usize]));
+    x[..indices.len() * IMAGE_PIXELS]
+        .par_chunks_mut(IMAGE_PIXELS)
+        .zip(indices.par_iter())
+        .for_each(|(x, &i)| {
+            for (v, &p) in x.iter_mut().zip(data.image(i as usize)) {
+                *v = norm.apply(p);
+            }
+        });
+}
+
 /// The executor.
 pub struct FastCpu {
     net: Network,
@@ -488,27 +508,6 @@ impl FastCpu {
         }
     }
 
-    /// Normalise the images `indices` of `data` into `acts[0]`, their labels into `labels`.
-    fn gather(&mut self, split: Split, indices: &[u32]) {
-        let data = if split == Split::Train {
-            &self.train
-        } else {
-            &self.test
-        };
-        let norm = self.norm;
-        self.labels.clear();
-        self.labels
-            .extend(indices.iter().map(|&i| data.labels[i as usize]));
-        self.acts[0][..indices.len() * IMAGE_PIXELS]
-            .par_chunks_mut(IMAGE_PIXELS)
-            .zip(indices.par_iter())
-            .for_each(|(x, &i)| {
-                for (v, &p) in x.iter_mut().zip(data.image(i as usize)) {
-                    *v = norm.apply(p);
-                }
-            });
-    }
-
     fn forward(&mut self, batch: usize, dropout: Option<u32>) {
         for (i, l) in self.net.layers.iter().enumerate() {
             let (before, after) = self.acts.split_at_mut(i + 1);
@@ -536,15 +535,9 @@ impl FastCpu {
                 Layer::MaxPool2d { .. } => pool2d_forward(true, &l.pool_shape(batch), x, y),
                 Layer::AvgPool2d { .. } => pool2d_forward(false, &l.pool_shape(batch), x, y),
                 Layer::Flatten => y.copy_from_slice(x),
-                Layer::Relu => {
-                    per_sample(l.output.len(), batch, x, y, r::relu_forward)
-                }
-                Layer::Tanh => {
-                    per_sample(l.output.len(), batch, x, y, r::tanh_forward)
-                }
-                Layer::Sigmoid => {
-                    per_sample(l.output.len(), batch, x, y, r::sigmoid_forward)
-                }
+                Layer::Relu => per_sample(l.output.len(), batch, x, y, r::relu_forward),
+                Layer::Tanh => per_sample(l.output.len(), batch, x, y, r::tanh_forward),
+                Layer::Sigmoid => per_sample(l.output.len(), batch, x, y, r::sigmoid_forward),
                 Layer::Dropout { p } => match dropout {
                     Some(step) => dropout_apply(l, p, self.seed, step, batch, x, y),
                     None => y.copy_from_slice(x),
@@ -724,7 +717,13 @@ impl Executor for FastCpu {
         let mut logits = Vec::with_capacity(self.test.len() * classes);
         let all: Vec<u32> = (0..self.test.len() as u32).collect();
         for chunk in all.chunks(self.capacity) {
-            self.gather(Split::Test, chunk);
+            gather(
+                &self.test,
+                chunk,
+                self.norm,
+                &mut self.acts[0],
+                &mut self.labels,
+            );
             self.forward(chunk.len(), None);
             logits.extend_from_slice(&self.acts.last().unwrap()[..chunk.len() * classes]);
         }
@@ -743,8 +742,13 @@ impl Executor for FastCpu {
             "a batch of {len}: this executor was built for up to {}",
             self.capacity
         );
-        let indices = self.order[start..start + len].to_vec();
-        self.gather(Split::Train, &indices);
+        gather(
+            &self.train,
+            &self.order[start..start + len],
+            self.norm,
+            &mut self.acts[0],
+            &mut self.labels,
+        );
         self.forward(len, Some(step));
         let classes = self.net.classes();
         let logits = &self.acts.last().unwrap()[..len * classes];
@@ -753,8 +757,13 @@ impl Executor for FastCpu {
             return Err(Diverged { step, loss }.into());
         }
         let correct = r::count_correct(classes, logits, &self.labels);
-        let d_logits = loss_backward(self.net.loss(), classes, logits, &self.labels);
-        self.d_acts.last_mut().unwrap()[..len * classes].copy_from_slice(&d_logits);
+        loss_backward_into(
+            self.net.loss(),
+            classes,
+            logits,
+            &self.labels,
+            &mut self.d_acts.last_mut().unwrap()[..len * classes],
+        );
         self.backward(len, step);
         let (lr, momentum) = (sgd.lr, sgd.momentum);
         self.params
@@ -784,7 +793,12 @@ impl Executor for FastCpu {
         let mut metrics = Metrics::default();
         let all: Vec<u32> = (0..len as u32).collect();
         for chunk in all.chunks(self.capacity) {
-            self.gather(split, chunk);
+            let data = if split == Split::Train {
+                &self.train
+            } else {
+                &self.test
+            };
+            gather(data, chunk, self.norm, &mut self.acts[0], &mut self.labels);
             self.forward(chunk.len(), None);
             let logits = &self.acts.last().unwrap()[..chunk.len() * classes];
             metrics.loss_sum += loss_forward(self.net.loss(), classes, logits, &self.labels) as f64
