@@ -377,41 +377,88 @@ where
         .for_each(|(y, x)| f(x, y));
 }
 
-pub fn pool2d_forward(max: bool, s: &Pool2dShape, input: &[f32], output: &mut [f32]) {
-    let one = Pool2dShape { batch: 1, ..*s };
-    let (in_len, out_len) = (one.input_len(), one.output_len());
+/// Max pooling forward, remembering for each output the input index (within its sample) of the
+/// window's first maximum, the reference's rule, so that the backward pass is a scatter.
+pub fn max_pool2d_forward(s: &Pool2dShape, input: &[f32], output: &mut [f32], argmax: &mut [u32]) {
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let (in_plane, out_plane) = (s.in_height * s.in_width, oh * ow);
+    let (in_len, out_len) = (s.channels * in_plane, s.channels * out_plane);
     output[..s.output_len()]
         .par_chunks_mut(out_len)
+        .zip(argmax[..s.output_len()].par_chunks_mut(out_len))
         .zip(input[..s.input_len()].par_chunks(in_len))
-        .for_each(|(y, x)| {
-            if max {
-                r::max_pool2d_forward(&one, x, y)
-            } else {
-                r::avg_pool2d_forward(&one, x, y)
+        .for_each(|((y, arg), x)| {
+            for c in 0..s.channels {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut best = c * in_plane + oy * s.stride * s.in_width + ox * s.stride;
+                        for wy in 0..s.window {
+                            let row =
+                                c * in_plane + (oy * s.stride + wy) * s.in_width + ox * s.stride;
+                            for i in row..row + s.window {
+                                if x[i] > x[best] {
+                                    best = i;
+                                }
+                            }
+                        }
+                        let o = c * out_plane + oy * ow + ox;
+                        y[o] = x[best];
+                        arg[o] = best as u32;
+                    }
+                }
             }
         });
 }
 
-pub fn pool2d_backward(
-    max: bool,
-    s: &Pool2dShape,
-    input: &[f32],
-    d_output: &[f32],
-    d_input: &mut [f32],
-) {
+/// Max pooling backward: each output's gradient goes to the input its forward pass chose.
+pub fn max_pool2d_backward(s: &Pool2dShape, argmax: &[u32], d_output: &[f32], d_input: &mut [f32]) {
     let one = Pool2dShape { batch: 1, ..*s };
     let (in_len, out_len) = (one.input_len(), one.output_len());
     d_input[..s.input_len()]
         .par_chunks_mut(in_len)
-        .zip(input[..s.input_len()].par_chunks(in_len))
+        .zip(argmax[..s.output_len()].par_chunks(out_len))
         .zip(d_output[..s.output_len()].par_chunks(out_len))
-        .for_each(|((dx, x), dy)| {
-            if max {
-                r::max_pool2d_backward(&one, x, dy, dx)
-            } else {
-                r::avg_pool2d_backward(&one, dy, dx)
+        .for_each(|((dx, arg), dy)| {
+            dx.fill(0.0);
+            for (&i, &g) in arg.iter().zip(dy) {
+                dx[i as usize] += g;
             }
         });
+}
+
+pub fn avg_pool2d_forward(s: &Pool2dShape, input: &[f32], output: &mut [f32]) {
+    let one = Pool2dShape { batch: 1, ..*s };
+    per_sample_pair(
+        one.input_len(),
+        one.output_len(),
+        s.batch,
+        input,
+        output,
+        |x, y| r::avg_pool2d_forward(&one, x, y),
+    );
+}
+
+pub fn avg_pool2d_backward(s: &Pool2dShape, d_output: &[f32], d_input: &mut [f32]) {
+    let one = Pool2dShape { batch: 1, ..*s };
+    per_sample_pair(
+        one.output_len(),
+        one.input_len(),
+        s.batch,
+        d_output,
+        d_input,
+        |dy, dx| r::avg_pool2d_backward(&one, dy, dx),
+    );
+}
+
+/// `f(x_n, y_n)` for every sample, in parallel; `x` has `x_len` values a sample, `y` `y_len`.
+fn per_sample_pair<F>(x_len: usize, y_len: usize, batch: usize, x: &[f32], y: &mut [f32], f: F)
+where
+    F: Fn(&[f32], &mut [f32]) + Sync,
+{
+    y[..batch * y_len]
+        .par_chunks_mut(y_len)
+        .zip(x[..batch * x_len].par_chunks(x_len))
+        .for_each(|(y, x)| f(x, y));
 }
 
 /// Normalise the images `indices` of `data` into `x`, their labels into `labels`.
@@ -455,6 +502,8 @@ pub struct FastCpu {
     cols: Vec<Vec<f32>>,
     /// Partial weight gradients of the chunked reduction (the largest conv's).
     partials: Vec<f32>,
+    /// Per max-pool layer: the chosen input of every output.
+    argmax: Vec<Vec<u32>>,
     labels: Vec<u8>,
 }
 
@@ -474,6 +523,7 @@ impl FastCpu {
         let mut acts = vec![vec![0.0; capacity * net.input.len()]];
         let mut d_acts = vec![vec![0.0; capacity * net.input.len()]];
         let mut cols = Vec::new();
+        let mut argmax = Vec::new();
         let mut partial_len = 0;
         for l in &net.layers {
             acts.push(vec![0.0; capacity * l.output.len()]);
@@ -485,6 +535,11 @@ impl FastCpu {
             } else {
                 cols.push(Vec::new());
             }
+            argmax.push(if matches!(l.layer, Layer::MaxPool2d { .. }) {
+                vec![0; capacity * l.output.len()]
+            } else {
+                Vec::new()
+            });
         }
         let grads = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
         let velocity = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
@@ -504,6 +559,7 @@ impl FastCpu {
             d_acts,
             cols,
             partials: vec![0.0; partial_len],
+            argmax,
             labels: Vec::with_capacity(capacity),
         }
     }
@@ -532,8 +588,10 @@ impl FastCpu {
                     bias,
                     y,
                 ),
-                Layer::MaxPool2d { .. } => pool2d_forward(true, &l.pool_shape(batch), x, y),
-                Layer::AvgPool2d { .. } => pool2d_forward(false, &l.pool_shape(batch), x, y),
+                Layer::MaxPool2d { .. } => {
+                    max_pool2d_forward(&l.pool_shape(batch), x, y, &mut self.argmax[i])
+                }
+                Layer::AvgPool2d { .. } => avg_pool2d_forward(&l.pool_shape(batch), x, y),
                 Layer::Flatten => y.copy_from_slice(x),
                 Layer::Relu => per_sample(l.output.len(), batch, x, y, r::relu_forward),
                 Layer::Tanh => per_sample(l.output.len(), batch, x, y, r::tanh_forward),
@@ -585,10 +643,10 @@ impl FastCpu {
                     }
                 }
                 _ if first => {}
-                Layer::MaxPool2d { .. } => pool2d_backward(true, &l.pool_shape(batch), x, d_y, d_x),
-                Layer::AvgPool2d { .. } => {
-                    pool2d_backward(false, &l.pool_shape(batch), x, d_y, d_x)
+                Layer::MaxPool2d { .. } => {
+                    max_pool2d_backward(&l.pool_shape(batch), &self.argmax[i], d_y, d_x)
                 }
+                Layer::AvgPool2d { .. } => avg_pool2d_backward(&l.pool_shape(batch), d_y, d_x),
                 Layer::Flatten => d_x.copy_from_slice(d_y),
                 Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, r::relu_backward),
                 Layer::Tanh => elementwise_backward(l, batch, y, d_y, d_x, r::tanh_backward),

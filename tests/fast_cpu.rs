@@ -139,28 +139,35 @@ fn dense_and_pooling_match_the_reference() {
             window,
             stride,
         };
-        let (x, d_out) = (
-            random(&mut rng, s.input_len()),
-            random(&mut rng, s.output_len()),
-        );
-        for max in [true, false] {
+        for ties in [false, true] {
+            // With ties (values from {-1, 0, 1}) the first maximum must be the one chosen.
+            let x: Vec<f32> = if ties {
+                (0..s.input_len())
+                    .map(|_| rng.random_range(-1..=1) as f32)
+                    .collect()
+            } else {
+                random(&mut rng, s.input_len())
+            };
+            let d_out = random(&mut rng, s.output_len());
             let (mut y, mut dx, mut ry, mut rdx) = (
                 vec![0.0; s.output_len()],
                 vec![0.0; s.input_len()],
                 vec![0.0; s.output_len()],
                 vec![0.0; s.input_len()],
             );
-            fast::pool2d_forward(max, &s, &x, &mut y);
-            fast::pool2d_backward(max, &s, &x, &d_out, &mut dx);
-            if max {
-                max_pool2d_forward(&s, &x, &mut ry);
-                max_pool2d_backward(&s, &x, &d_out, &mut rdx);
-            } else {
-                avg_pool2d_forward(&s, &x, &mut ry);
-                avg_pool2d_backward(&s, &d_out, &mut rdx);
-            }
-            close(&format!("pool max {max} {s:?} output"), &y, &ry);
-            close(&format!("pool max {max} {s:?} d_input"), &dx, &rdx);
+            let mut argmax = vec![0u32; s.output_len()];
+            fast::max_pool2d_forward(&s, &x, &mut y, &mut argmax);
+            fast::max_pool2d_backward(&s, &argmax, &d_out, &mut dx);
+            max_pool2d_forward(&s, &x, &mut ry);
+            max_pool2d_backward(&s, &x, &d_out, &mut rdx);
+            close(&format!("max pool {s:?} ties {ties} output"), &y, &ry);
+            close(&format!("max pool {s:?} ties {ties} d_input"), &dx, &rdx);
+            fast::avg_pool2d_forward(&s, &x, &mut y);
+            fast::avg_pool2d_backward(&s, &d_out, &mut dx);
+            avg_pool2d_forward(&s, &x, &mut ry);
+            avg_pool2d_backward(&s, &d_out, &mut rdx);
+            close(&format!("avg pool {s:?} output"), &y, &ry);
+            close(&format!("avg pool {s:?} d_input"), &dx, &rdx);
         }
     }
 }
