@@ -85,7 +85,7 @@ pub struct DataArgs {
     /// Evaluate on the first N test images only [default: all 10000].
     #[arg(long, value_name = "N")]
     pub limit_test: Option<usize>,
-    /// How pixels become inputs [default: unit, or that of the checkpoint].
+    /// How pixels become inputs [default: the preset's (standard for default, unit for the others), or that of the checkpoint].
     #[arg(long, value_enum)]
     pub normalize: Option<NormalizeArg>,
 }
@@ -196,6 +196,8 @@ pub struct Resolved {
     pub name: String,
     pub spec: NetSpec,
     pub config: TrainConfig,
+    /// The preset's input normalisation (unit for a custom spec).
+    pub standardize: bool,
 }
 
 pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved> {
@@ -222,7 +224,13 @@ pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved
         seed: args.seed.unwrap_or(1),
     };
     check_config(&config)?;
-    Ok(Resolved { name, spec, config })
+    let standardize = spec::preset(model).is_ok_and(|p| p.standardize);
+    Ok(Resolved {
+        name,
+        spec,
+        config,
+        standardize,
+    })
 }
 
 fn check_config(config: &TrainConfig) -> Result<()> {
@@ -261,6 +269,15 @@ pub fn load_data(args: &DataArgs) -> Result<(Dataset, Dataset)> {
         }
     }
     Ok((train, test))
+}
+
+/// `--normalize` if given, else the preset's choice.
+fn preset_normalization(arg: Option<NormalizeArg>, standardize: bool) -> Normalization {
+    match arg {
+        Some(_) => normalization(arg),
+        None if standardize => Normalization::STANDARD,
+        None => Normalization::UNIT,
+    }
 }
 
 fn normalization(arg: Option<NormalizeArg>) -> Normalization {
@@ -324,8 +341,14 @@ pub fn run(cli: Cli) -> Result<()> {
             for p in PRESETS {
                 println!("{:<13} {}", p.name, p.description);
                 println!(
-                    "{:<13} spec {}  (epochs {}, batch size {}, lr {}, momentum {})",
-                    "", p.spec, p.epochs, p.batch_size, p.lr, p.momentum
+                    "{:<13} spec {}  (epochs {}, batch size {}, lr {}, momentum {}, normalize {})",
+                    "",
+                    p.spec,
+                    p.epochs,
+                    p.batch_size,
+                    p.lr,
+                    p.momentum,
+                    if p.standardize { "standard" } else { "unit" }
                 );
             }
             Ok(())
@@ -483,7 +506,7 @@ fn run_train(args: &TrainArgs) -> Result<()> {
                 r.name,
                 r.spec,
                 r.config,
-                normalization(args.data.normalize),
+                preset_normalization(args.data.normalize, r.standardize),
                 1,
                 params,
                 None,
@@ -758,7 +781,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
     let c = resolved.config;
     let train_len = train_set.len();
     let params = net.init_params(c.seed);
-    let norm = normalization(args.data.normalize);
+    let norm = preset_normalization(args.data.normalize, resolved.standardize);
     if args.profile {
         anyhow::ensure!(args.device.gpu, "--profile times GPU kernels: add --gpu");
         let gpu = Arc::new(Gpu::new(&AdapterChoice {

@@ -288,6 +288,8 @@ pub struct Preset {
     pub batch_size: usize,
     pub lr: f32,
     pub momentum: f32,
+    /// Input normalisation: pixels in [0, 1], or standardised with MNIST's mean and deviation.
+    pub standardize: bool,
 }
 
 /// The networks of the notebooks this project grew from, and a stronger default.
@@ -295,11 +297,12 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "default",
         spec: "conv32k3-relu-conv64k3-relu-maxpool2-dense128-relu-dense10",
-        description: "conv 32 -> ReLU -> conv 64 -> ReLU -> max pool 2 -> dense 128 -> ReLU -> dense 10; reaches 99% on the full set",
-        epochs: 3,
+        description: "conv 32 -> ReLU -> conv 64 -> ReLU -> max pool 2 -> dense 128 -> ReLU -> dense 10; 99.03% on the full set in 6 epochs (seed 1)",
+        epochs: 6,
         batch_size: 64,
-        lr: 0.02,
+        lr: 0.01,
         momentum: 0.9,
+        standardize: true,
     },
     Preset {
         name: "tanh-avgpool",
@@ -309,6 +312,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.05,
         momentum: 0.9,
+        standardize: false,
     },
     Preset {
         name: "dropout",
@@ -318,6 +322,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.01,
         momentum: 0.9,
+        standardize: false,
     },
     Preset {
         name: "two-conv",
@@ -327,6 +332,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.01,
         momentum: 0.9,
+        standardize: false,
     },
     Preset {
         name: "relu-maxpool",
@@ -336,6 +342,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.05,
         momentum: 0.9,
+        standardize: false,
     },
     Preset {
         name: "batch1",
@@ -345,6 +352,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 1,
         lr: 0.005,
         momentum: 0.0,
+        standardize: false,
     },
     Preset {
         name: "sigmoid-bce",
@@ -354,6 +362,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.1,
         momentum: 0.9,
+        standardize: false,
     },
 ];
 
