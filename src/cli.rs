@@ -179,7 +179,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// With --gpu: time every kernel of a training step on its own (slow; each includes a wait).
+    /// Time every op of a training step: each GPU kernel on its own with --gpu (slow; each
+    /// includes a wait), or each layer of the fast CPU executor.
     #[arg(long)]
     pub profile: bool,
     #[command(flatten)]
@@ -783,23 +784,10 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
     let params = net.init_params(c.seed);
     let norm = preset_normalization(args.data.normalize, resolved.standardize);
     if args.profile {
-        anyhow::ensure!(args.device.gpu, "--profile times GPU kernels: add --gpu");
-        let gpu = Arc::new(Gpu::new(&AdapterChoice {
-            name: args.device.adapter.clone(),
-        })?);
-        let kernels = Arc::new(Kernels::new(&gpu)?);
-        let mut exec = GpuExecutor::new(
-            gpu,
-            kernels,
-            net,
-            &params,
-            &train_set,
-            &test_set,
-            norm,
-            c.seed,
-            c.batch_size,
-        )?;
-        exec.enable_profiling();
+        anyhow::ensure!(
+            !args.device.cpu_reference,
+            "--profile times the GPU kernels (--gpu) or the fast CPU executor's ops, not the reference"
+        );
         let config = BenchConfig {
             batch_size: c.batch_size,
             steps: args.steps,
@@ -808,25 +796,60 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
             sgd: c.sgd,
             seed: c.seed,
         };
-        bench::run(&mut exec, &config, train_len)?;
-        let profile = exec.profile().unwrap_or(&[]);
+        let (device, profile) = if args.device.gpu {
+            let gpu = Arc::new(Gpu::new(&AdapterChoice {
+                name: args.device.adapter.clone(),
+            })?);
+            let kernels = Arc::new(Kernels::new(&gpu)?);
+            let mut exec = GpuExecutor::new(
+                gpu,
+                kernels,
+                net,
+                &params,
+                &train_set,
+                &test_set,
+                norm,
+                c.seed,
+                c.batch_size,
+            )?;
+            exec.enable_profiling();
+            bench::run(&mut exec, &config, train_len)?;
+            let profile = exec.profile().unwrap_or(&[]);
+            let profile = profile.iter().map(|(e, n, s)| (e.to_string(), *n, *s));
+            (exec.device(), profile.collect::<Vec<_>>())
+        } else {
+            anyhow::ensure!(
+                args.device.adapter.is_none(),
+                "--adapter chooses a GPU: add --gpu"
+            );
+            let mut exec =
+                FastCpu::new(net, params, train_set, test_set, norm, c.seed, c.batch_size);
+            // Warm the caches and the thread pool first, as the timed benchmark does.
+            let warm = BenchConfig {
+                steps: 1,
+                warmup: args.warmup,
+                ..config.clone()
+            };
+            bench::run(&mut exec, &warm, train_len)?;
+            exec.enable_profiling();
+            bench::run(&mut exec, &config, train_len)?;
+            (exec.device(), exec.profile().unwrap_or_default())
+        };
         let total: f64 = profile.iter().map(|p| p.2).sum();
         println!(
-            "kernel times of a training step on {} (batch {}), mean of {} steps:",
-            exec.device(),
-            c.batch_size,
-            args.steps
+            "op times of a training step on {} (batch {}), mean of {} steps:",
+            device, c.batch_size, args.steps
         );
-        for (entry, count, seconds) in profile {
+        for (entry, count, seconds) in &profile {
             println!(
-                "  {:<26} {:8.3} ms  {:5.1}%",
+                "  {:<34} {:8.3} ms  {:5.1}%",
                 entry,
-                1000.0 * seconds / *count as f64,
+                1000.0 * seconds / (*count).max(1) as f64,
                 100.0 * seconds / total
             );
         }
         println!(
-            "  {:<26} {:8.3} ms",
+            "  {:<34} {:8.3} ms",
             "total",
             1000.0 * total / args.steps as f64
         );

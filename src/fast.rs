@@ -8,6 +8,8 @@
 //! summed over a fixed number of batch chunks (not one per thread), so results do not depend on
 //! how many cores there are.
 
+use std::time::Instant;
+
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -17,6 +19,7 @@ use crate::executor::{Diverged, Executor, Metrics, Sgd};
 use crate::network::{dropout_seed, Network, ResolvedLayer};
 use crate::reference::{self as r, Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::Layer;
+use crate::winograd::{self, Grid};
 
 /// Weight gradients are reduced over this many batch chunks, whatever the number of cores.
 const REDUCE_CHUNKS: usize = 8;
@@ -71,14 +74,107 @@ pub fn sgemm(
 // ---------------------------------------------------------------------------------------------
 
 /// Rows of one sample's im2col matrix: `in_channels * k * k`.
-pub fn conv_col_rows(s: &Conv2dShape) -> usize {
+fn conv_col_rows(s: &Conv2dShape) -> usize {
     s.in_channels * s.kernel_size * s.kernel_size
 }
 
-/// Columns of one sample's im2col matrix: `out_h * out_w`.
-pub fn conv_col_len(s: &Conv2dShape) -> usize {
+/// Length of one sample's im2col matrix: `in_channels * k * k * out_h * out_w`.
+fn conv_col_len(s: &Conv2dShape) -> usize {
     conv_col_rows(s) * s.out_height() * s.out_width()
 }
+
+/// The batch in [`REDUCE_CHUNKS`] contiguous chunks: `(samples per chunk, chunks)`.
+fn chunking(batch: usize) -> (usize, usize) {
+    let per = batch.div_ceil(REDUCE_CHUNKS).max(1);
+    (per, batch.div_ceil(per))
+}
+
+/// Sum of `xs` in 16 interleaved partial sums (vectorisable, unlike a sequential f32 sum).
+fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let blocks = xs.chunks_exact(16);
+    let rest: f32 = blocks.remainder().iter().sum();
+    for b in blocks {
+        for (a, x) in acc.iter_mut().zip(b) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Add the per-chunk partial sums (`chunks` consecutive slices of `len`) into the first, in chunk
+/// order, so the total does not depend on how many threads computed them.
+fn reduce_chunks(partials: &mut [f32], len: usize, chunks: usize) {
+    let (total, rest) = partials.split_at_mut(len);
+    for partial in rest.chunks(len).take(chunks - 1) {
+        for (t, p) in total.iter_mut().zip(partial) {
+            *t += p;
+        }
+    }
+}
+
+/// Memory one convolution layer needs through a training step, allocated once for batches of up
+/// to the shape's `batch`. A 3x3 stride-1 layer is computed with Winograd's transforms
+/// ([`crate::winograd`]); any other with im2col + SGEMM.
+pub struct ConvWorkspace {
+    shape: Conv2dShape,
+    winograd: bool,
+    /// Per sample, kept from the forward pass for the weight gradient: the im2col matrix
+    /// `[in * k * k][out_h * out_w]`, or the Winograd input transform `V` `[16][in][tiles]`.
+    /// The im2col path then reuses it for the input gradient's columns.
+    cols: Vec<f32>,
+    /// Winograd-transformed filters: `U` of the forward pass and `U'` of the input gradient.
+    u: Vec<f32>,
+    u_input_grad: Vec<f32>,
+    /// Per chunk of the batch: one sample's transforms and products (Winograd only).
+    scratch: Vec<f32>,
+    scratch_len: usize,
+    /// Per chunk: the partial weight gradient (transformed for Winograd) followed by the bias's.
+    partials: Vec<f32>,
+}
+
+impl ConvWorkspace {
+    pub fn new(s: &Conv2dShape) -> Self {
+        let (k, c) = (s.out_channels, s.in_channels);
+        let winograd = winograd::applies(s);
+        let (cols, u_len, scratch_len, partial_len) = if winograd {
+            let out = Grid::new(s.out_height(), s.out_width());
+            let input = Grid::new(s.in_height, s.in_width);
+            let (tp, tp2) = (out.padded(), input.padded());
+            let products = (W * k * tp).max(W * (k + c) * tp2).max(W * out.len() * k);
+            let scratch = products + out.scratch().max(input.scratch());
+            (W * c * tp, W * k * c, scratch, W * k * c + k)
+        } else {
+            // (A scratch of one float a chunk keeps the chunk loops uniform.)
+            (conv_col_len(s), 0, 1, s.weight_len() + k)
+        };
+        ConvWorkspace {
+            shape: *s,
+            winograd,
+            cols: vec![0.0; s.batch * cols],
+            u: vec![0.0; u_len],
+            u_input_grad: vec![0.0; u_len],
+            scratch: vec![0.0; REDUCE_CHUNKS * scratch_len],
+            scratch_len,
+            partials: vec![0.0; REDUCE_CHUNKS * partial_len],
+        }
+    }
+
+    fn check(&self, s: &Conv2dShape) {
+        assert!(
+            s.batch <= self.shape.batch
+                && Conv2dShape {
+                    batch: self.shape.batch,
+                    ..*s
+                } == self.shape,
+            "convolution {s:?} does not fit the workspace built for {:?}",
+            self.shape
+        );
+    }
+}
+
+/// Points of a Winograd tile, the number of matrix products of each pass.
+const W: usize = winograd::POINTS;
 
 /// One sample's input `[in, H, W]` as the matrix `[in * k * k, out_h * out_w]` (zeros in padding).
 fn im2col(s: &Conv2dShape, x: &[f32], cols: &mut [f32]) {
@@ -136,128 +232,189 @@ fn col2im(s: &Conv2dShape, cols: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// Forward: per sample, `cols = im2col(x)`, `y[out, HW] = weight[out, K] * cols[K, HW] + bias`.
-/// Keeps the columns in `cols` (`batch * conv_col_len`) for [`conv2d_backward_weight`].
+/// Forward pass. Keeps what the weight gradient needs (im2col columns or Winograd `V`) in `ws`.
+/// - im2col: per sample, `y[out, HW] = weight[out, K] * im2col(x)[K, HW] + bias`.
+/// - Winograd: per sample, `V = transform(x)`, `M[p] = U[p] * V[p]` for the 16 points, `y = Aᵀ M A + bias`.
 pub fn conv2d_forward(
     s: &Conv2dShape,
     input: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
     output: &mut [f32],
-    cols: &mut [f32],
+    ws: &mut ConvWorkspace,
 ) {
-    let (rows, hw) = (conv_col_rows(s), s.out_height() * s.out_width());
-    let in_len = s.in_channels * s.in_height * s.in_width;
-    output[..s.output_len()]
-        .par_chunks_mut(s.out_channels * hw)
-        .zip(cols[..s.batch * rows * hw].par_chunks_mut(rows * hw))
-        .zip(input[..s.input_len()].par_chunks(in_len))
-        .for_each(|((y, col), x)| {
-            im2col(s, x, col);
-            match bias {
-                Some(b) => {
-                    for (o, plane) in y.chunks_mut(hw).enumerate() {
-                        plane.fill(b[o]);
+    ws.check(s);
+    let (c, k) = (s.in_channels, s.out_channels);
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let (in_len, out_len) = (c * s.in_height * s.in_width, k * oh * ow);
+    let (per, _) = chunking(s.batch);
+    if !ws.winograd {
+        let (rows, hw) = (conv_col_rows(s), oh * ow);
+        output[..s.output_len()]
+            .par_chunks_mut(out_len)
+            .zip(ws.cols[..s.batch * rows * hw].par_chunks_mut(rows * hw))
+            .zip(input[..s.input_len()].par_chunks(in_len))
+            .for_each(|((y, col), x)| {
+                im2col(s, x, col);
+                match bias {
+                    Some(b) => {
+                        for (o, plane) in y.chunks_mut(hw).enumerate() {
+                            plane.fill(b[o]);
+                        }
                     }
+                    None => y.fill(0.0),
                 }
-                None => y.fill(0.0),
+                sgemm(k, rows, hw, weight, (rows, 1), col, (hw, 1), y, true);
+            });
+        return;
+    }
+    let tiles = Grid::new(oh, ow);
+    let tp = tiles.padded();
+    let v_len = W * c * tp;
+    winograd::transform_weights(k, c, weight, false, &mut ws.u);
+    let u = &ws.u;
+    ws.scratch
+        .par_chunks_mut(ws.scratch_len)
+        .zip(ws.cols[..s.batch * v_len].par_chunks_mut(per * v_len))
+        .zip(output[..s.output_len()].par_chunks_mut(per * out_len))
+        .zip(input[..s.input_len()].par_chunks(per * in_len))
+        .for_each(|(((scratch, vs), ys), xs)| {
+            let (m, rows) = scratch.split_at_mut(W * k * tp);
+            for ((v, y), x) in vs
+                .chunks_mut(v_len)
+                .zip(ys.chunks_mut(out_len))
+                .zip(xs.chunks(in_len))
+            {
+                winograd::input_transform(
+                    c,
+                    (s.in_height, s.in_width),
+                    s.padding,
+                    tiles,
+                    x,
+                    v,
+                    rows,
+                );
+                for p in 0..W {
+                    let (u, v, m) = (&u[p * k * c..], &v[p * c * tp..], &mut m[p * k * tp..]);
+                    winograd::gemm(k, c, tp, u, c, v, tp, m, tp, false);
+                }
+                winograd::output_transform(k, (oh, ow), tiles, m, bias, y, rows);
             }
-            sgemm(
-                s.out_channels,
-                rows,
-                hw,
-                weight,
-                (rows, 1),
-                col,
-                (hw, 1),
-                y,
-                true,
-            );
         });
 }
 
-/// Weight (and bias) gradient from the forward pass's columns: `d_weight = sum_n d_y_n * cols_n^T`.
+/// Weight (and bias) gradient from what the forward pass kept in `ws`, summed over the batch in
+/// [`REDUCE_CHUNKS`] chunks (in parallel), then over the chunks in order.
+/// - im2col: `d_weight += d_y_n * cols_n^T` per sample.
+/// - Winograd: `M[p] += Ĝ_n[p] * V_n[p]^T` per sample, with `Ĝ_n` the transformed output
+///   gradient; then `d_weight = A₂ᵀ M A₂` once.
 pub fn conv2d_backward_weight(
     s: &Conv2dShape,
-    cols: &[f32],
     d_output: &[f32],
     d_weight: &mut [f32],
     d_bias: Option<&mut [f32]>,
-    partials: &mut [f32],
+    ws: &mut ConvWorkspace,
 ) {
-    let (rows, hw) = (conv_col_rows(s), s.out_height() * s.out_width());
-    let w_len = s.out_channels * rows;
-    let per_chunk = s.batch.div_ceil(REDUCE_CHUNKS);
-    let chunks = s.batch.div_ceil(per_chunk);
-    partials[..chunks * w_len]
-        .par_chunks_mut(w_len)
+    ws.check(s);
+    let (c, k) = (s.in_channels, s.out_channels);
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let (hw, out_len) = (oh * ow, k * oh * ow);
+    let (per, chunks) = chunking(s.batch);
+    let tiles = Grid::new(oh, ow);
+    let (t_n, tp) = (tiles.len(), tiles.padded());
+    let (w_len, col_len) = if ws.winograd {
+        (W * k * c, W * c * tp)
+    } else {
+        (s.weight_len(), conv_col_len(s))
+    };
+    let (winograd, cols) = (ws.winograd, &ws.cols);
+    ws.partials
+        .par_chunks_mut(w_len + k)
+        .zip(ws.scratch.par_chunks_mut(ws.scratch_len))
+        .take(chunks)
         .enumerate()
-        .for_each(|(chunk, partial)| {
+        .for_each(|(chunk, (partial, scratch))| {
             partial.fill(0.0);
-            for n in chunk * per_chunk..((chunk + 1) * per_chunk).min(s.batch) {
-                let dy = &d_output[n * s.out_channels * hw..][..s.out_channels * hw];
-                let col = &cols[n * rows * hw..][..rows * hw];
-                // d_weight[o, r] += sum_p dy[o, p] * col[r, p]: col read transposed.
-                sgemm(
-                    s.out_channels,
-                    hw,
-                    rows,
-                    dy,
-                    (hw, 1),
-                    col,
-                    (1, hw),
-                    partial,
-                    true,
-                );
+            let (dw, db) = partial.split_at_mut(w_len);
+            for n in chunk * per..((chunk + 1) * per).min(s.batch) {
+                let dy = &d_output[n * out_len..][..out_len];
+                let col = &cols[n * col_len..][..col_len];
+                if winograd {
+                    let g = &mut scratch[..W * t_n * k];
+                    winograd::gradient_transform(k, (oh, ow), tiles, dy, g);
+                    for p in 0..W {
+                        // M[p][i][o] += sum_t v[p][i][t] * g[p][t][o].
+                        let (v, g) = (&col[p * c * tp..], &g[p * t_n * k..]);
+                        winograd::gemm(c, t_n, k, v, tp, g, k, &mut dw[p * c * k..], k, true);
+                    }
+                } else {
+                    // d_weight[o, r] += sum_p dy[o, p] * col[r, p]: col read transposed.
+                    let rows = conv_col_rows(s);
+                    sgemm(k, hw, rows, dy, (hw, 1), col, (1, hw), dw, true);
+                }
+                for (o, b) in db.iter_mut().enumerate() {
+                    *b += sum(&dy[o * hw..][..hw]);
+                }
             }
         });
-    d_weight[..w_len].copy_from_slice(&partials[..w_len]);
-    for partial in partials[w_len..chunks * w_len].chunks(w_len) {
-        for (d, p) in d_weight.iter_mut().zip(partial) {
-            *d += p;
-        }
+    reduce_chunks(&mut ws.partials, w_len + k, chunks);
+    if winograd {
+        winograd::weight_gradient_transform(k, c, &ws.partials[..w_len], d_weight);
+    } else {
+        d_weight[..w_len].copy_from_slice(&ws.partials[..w_len]);
     }
     if let Some(d_bias) = d_bias {
-        for (o, db) in d_bias.iter_mut().enumerate().take(s.out_channels) {
-            *db = (0..s.batch)
-                .map(|n| {
-                    d_output[(n * s.out_channels + o) * hw..][..hw]
-                        .iter()
-                        .sum::<f32>()
-                })
-                .sum();
-        }
+        d_bias[..k].copy_from_slice(&ws.partials[w_len..w_len + k]);
     }
 }
 
-/// Input gradient: per sample, `dcols = weight^T * d_y`, then [`col2im`]. `scratch` holds
-/// `batch * conv_col_len` floats (the forward columns' memory, once the weight gradient is done).
+/// Input gradient; call after [`conv2d_backward_weight`] (the im2col path reuses the columns).
+/// - im2col: per sample, `dcols = weight^T * d_y`, then [`col2im`].
+/// - Winograd: the forward algorithm on `d_y` padded by `2 - padding`, with the filters rotated
+///   180° and their channel axes swapped.
 pub fn conv2d_backward_input(
     s: &Conv2dShape,
     d_output: &[f32],
     weight: &[f32],
     d_input: &mut [f32],
-    scratch: &mut [f32],
+    ws: &mut ConvWorkspace,
 ) {
-    let (rows, hw) = (conv_col_rows(s), s.out_height() * s.out_width());
-    let in_len = s.in_channels * s.in_height * s.in_width;
-    d_input[..s.input_len()]
-        .par_chunks_mut(in_len)
-        .zip(scratch[..s.batch * rows * hw].par_chunks_mut(rows * hw))
-        .zip(d_output[..s.output_len()].par_chunks(s.out_channels * hw))
-        .for_each(|((dx, dcol), dy)| {
-            sgemm(
-                rows,
-                s.out_channels,
-                hw,
-                weight,
-                (1, rows),
-                dy,
-                (hw, 1),
-                dcol,
-                false,
-            );
-            col2im(s, dcol, dx);
+    ws.check(s);
+    let (c, k) = (s.in_channels, s.out_channels);
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let (in_len, out_len) = (c * s.in_height * s.in_width, k * oh * ow);
+    if !ws.winograd {
+        let (rows, hw) = (conv_col_rows(s), oh * ow);
+        d_input[..s.input_len()]
+            .par_chunks_mut(in_len)
+            .zip(ws.cols[..s.batch * rows * hw].par_chunks_mut(rows * hw))
+            .zip(d_output[..s.output_len()].par_chunks(out_len))
+            .for_each(|((dx, dcol), dy)| {
+                sgemm(rows, k, hw, weight, (1, rows), dy, (hw, 1), dcol, false);
+                col2im(s, dcol, dx);
+            });
+        return;
+    }
+    let (per, _) = chunking(s.batch);
+    let tiles = Grid::new(s.in_height, s.in_width);
+    let tp = tiles.padded();
+    winograd::transform_weights(k, c, weight, true, &mut ws.u_input_grad);
+    let u = &ws.u_input_grad;
+    ws.scratch
+        .par_chunks_mut(ws.scratch_len)
+        .zip(d_input[..s.input_len()].par_chunks_mut(per * in_len))
+        .zip(d_output[..s.output_len()].par_chunks(per * out_len))
+        .for_each(|((scratch, dxs), dys)| {
+            let (v, rest) = scratch.split_at_mut(W * k * tp);
+            let (m, rows) = rest.split_at_mut(W * c * tp);
+            for (dx, dy) in dxs.chunks_mut(in_len).zip(dys.chunks(out_len)) {
+                winograd::input_transform(k, (oh, ow), 2 - s.padding, tiles, dy, v, rows);
+                for p in 0..W {
+                    let (u, v, m) = (&u[p * c * k..], &v[p * k * tp..], &mut m[p * c * tp..]);
+                    winograd::gemm(c, k, tp, u, k, v, tp, m, tp, false);
+                }
+                winograd::output_transform(c, (s.in_height, s.in_width), tiles, m, None, dx, rows);
+            }
         });
 }
 
@@ -498,13 +655,22 @@ pub struct FastCpu {
     acts: Vec<Vec<f32>>,
     /// Gradients of the same tensors (for the training batch).
     d_acts: Vec<Vec<f32>>,
-    /// Per convolution layer: its im2col columns for the whole batch.
-    cols: Vec<Vec<f32>>,
-    /// Partial weight gradients of the chunked reduction (the largest conv's).
-    partials: Vec<f32>,
+    /// Per convolution layer: its workspace for the whole batch.
+    convs: Vec<Option<ConvWorkspace>>,
     /// Per max-pool layer: the chosen input of every output.
     argmax: Vec<Vec<u32>>,
     labels: Vec<u8>,
+    /// When set, (name, calls, seconds) of every layer's forward and backward pass, then the
+    /// gather, loss and optimizer; see [`FastCpu::enable_profiling`].
+    profile: Option<Vec<(String, u32, f64)>>,
+}
+
+/// Add the time since `started` to entry `i` of an enabled profile.
+fn record(profile: &mut Option<Vec<(String, u32, f64)>>, i: usize, started: Instant) {
+    if let Some(p) = profile {
+        p[i].1 += 1;
+        p[i].2 += started.elapsed().as_secs_f64();
+    }
 }
 
 impl FastCpu {
@@ -522,19 +688,15 @@ impl FastCpu {
         let capacity = batch_size.max(64);
         let mut acts = vec![vec![0.0; capacity * net.input.len()]];
         let mut d_acts = vec![vec![0.0; capacity * net.input.len()]];
-        let mut cols = Vec::new();
+        let mut convs = Vec::new();
         let mut argmax = Vec::new();
-        let mut partial_len = 0;
         for l in &net.layers {
             acts.push(vec![0.0; capacity * l.output.len()]);
             d_acts.push(vec![0.0; capacity * l.output.len()]);
-            if let Layer::Conv2d { .. } = l.layer {
-                let s = l.conv_shape(capacity);
-                cols.push(vec![0.0; capacity * conv_col_len(&s)]);
-                partial_len = partial_len.max(REDUCE_CHUNKS * s.weight_len());
-            } else {
-                cols.push(Vec::new());
-            }
+            convs.push(match l.layer {
+                Layer::Conv2d { .. } => Some(ConvWorkspace::new(&l.conv_shape(capacity))),
+                _ => None,
+            });
             argmax.push(if matches!(l.layer, Layer::MaxPool2d { .. }) {
                 vec![0; capacity * l.output.len()]
             } else {
@@ -557,15 +719,45 @@ impl FastCpu {
             capacity,
             acts,
             d_acts,
-            cols,
-            partials: vec![0.0; partial_len],
+            convs,
             argmax,
             labels: Vec::with_capacity(capacity),
+            profile: None,
         }
+    }
+
+    /// Time every layer's forward and backward pass of each training step from now on (the
+    /// steps are computed exactly as without profiling; the clock is read between ops).
+    pub fn enable_profiling(&mut self) {
+        let layers = &self.net.layers;
+        let mut entries: Vec<String> = layers
+            .iter()
+            .map(|l| format!("{} {} forward", l.index, l.layer))
+            .collect();
+        entries.extend(
+            layers
+                .iter()
+                .map(|l| format!("{} {} backward", l.index, l.layer)),
+        );
+        entries.extend(["gather".into(), "loss".into(), "sgd".into()]);
+        self.profile = Some(entries.into_iter().map(|e| (e, 0, 0.0)).collect());
+    }
+
+    /// The profile enabled by [`FastCpu::enable_profiling`], in the order of a training step.
+    pub fn profile(&self) -> Option<Vec<(String, u32, f64)>> {
+        let p = self.profile.as_ref()?;
+        let l = self.net.layers.len();
+        let mut order: Vec<_> = p[2 * l..2 * l + 1].to_vec(); // gather
+        order.extend_from_slice(&p[..l]);
+        order.push(p[2 * l + 1].clone()); // loss
+        order.extend(p[l..2 * l].iter().rev().cloned());
+        order.push(p[2 * l + 2].clone()); // sgd
+        Some(order)
     }
 
     fn forward(&mut self, batch: usize, dropout: Option<u32>) {
         for (i, l) in self.net.layers.iter().enumerate() {
+            let started = Instant::now();
             let (before, after) = self.acts.split_at_mut(i + 1);
             let (x, y) = (
                 &before[i][..batch * l.input.len()],
@@ -579,7 +771,7 @@ impl FastCpu {
                     &self.params[l.weight.unwrap()],
                     bias,
                     y,
-                    &mut self.cols[i],
+                    self.convs[i].as_mut().unwrap(),
                 ),
                 Layer::Dense { .. } => dense_forward(
                     &l.dense_shape(batch),
@@ -601,11 +793,16 @@ impl FastCpu {
                     None => y.copy_from_slice(x),
                 },
             }
+            if dropout.is_some() {
+                record(&mut self.profile, i, started);
+            }
         }
     }
 
     fn backward(&mut self, batch: usize, step: u32) {
+        let layers = self.net.layers.len();
         for (i, l) in self.net.layers.iter().enumerate().rev() {
+            let started = Instant::now();
             let x = &self.acts[i][..batch * l.input.len()];
             let y = &self.acts[i + 1][..batch * l.output.len()];
             let (before, after) = self.d_acts.split_at_mut(i + 1);
@@ -620,16 +817,10 @@ impl FastCpu {
                     let (w, b) = (l.weight.unwrap(), l.bias);
                     let (lo, hi) = self.grads.split_at_mut(w + 1);
                     let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
-                    conv2d_backward_weight(
-                        &s,
-                        &self.cols[i],
-                        d_y,
-                        &mut lo[w],
-                        d_bias,
-                        &mut self.partials,
-                    );
+                    let ws = self.convs[i].as_mut().unwrap();
+                    conv2d_backward_weight(&s, d_y, &mut lo[w], d_bias, ws);
                     if !first {
-                        conv2d_backward_input(&s, d_y, &self.params[w], d_x, &mut self.cols[i]);
+                        conv2d_backward_input(&s, d_y, &self.params[w], d_x, ws);
                     }
                 }
                 Layer::Dense { .. } => {
@@ -666,6 +857,7 @@ impl FastCpu {
                         });
                 }
             }
+            record(&mut self.profile, layers + i, started);
         }
     }
 }
@@ -800,6 +992,8 @@ impl Executor for FastCpu {
             "a batch of {len}: this executor was built for up to {}",
             self.capacity
         );
+        let layers = self.net.layers.len();
+        let started = Instant::now();
         gather(
             &self.train,
             &self.order[start..start + len],
@@ -807,7 +1001,9 @@ impl Executor for FastCpu {
             &mut self.acts[0],
             &mut self.labels,
         );
+        record(&mut self.profile, 2 * layers, started);
         self.forward(len, Some(step));
+        let started = Instant::now();
         let classes = self.net.classes();
         let logits = &self.acts.last().unwrap()[..len * classes];
         let loss = loss_forward(self.net.loss(), classes, logits, &self.labels);
@@ -822,7 +1018,9 @@ impl Executor for FastCpu {
             &self.labels,
             &mut self.d_acts.last_mut().unwrap()[..len * classes],
         );
+        record(&mut self.profile, 2 * layers + 1, started);
         self.backward(len, step);
+        let started = Instant::now();
         let (lr, momentum) = (sgd.lr, sgd.momentum);
         self.params
             .par_iter_mut()
@@ -831,6 +1029,7 @@ impl Executor for FastCpu {
             .for_each(|((p, g), v)| {
                 r::sgd_update(lr, momentum, p, g, v);
             });
+        record(&mut self.profile, 2 * layers + 2, started);
         self.metrics.loss_sum += loss as f64 * len as f64;
         self.metrics.correct += correct as u64;
         self.metrics.count += len as u64;

@@ -32,8 +32,18 @@ fn close(what: &str, fast: &[f32], reference: &[f32]) {
 #[test]
 fn conv2d_matches_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(20);
+    // 3x3 stride-1 shapes with at least 4 input channels take the Winograd path (odd and even
+    // sizes, padding 0, 1 and 2, a single row of outputs, 17 output channels (a vector and one),
+    // batches that leave chunks uneven); the others im2col + SGEMM.
     for &(batch, cin, h, w, cout, k, stride, padding, bias) in &[
         (1, 1, 28, 28, 8, 3, 1, 0, true),
+        (3, 5, 9, 7, 6, 3, 1, 0, true),
+        (2, 4, 6, 11, 17, 3, 1, 1, false),
+        (11, 6, 4, 5, 3, 3, 1, 2, true),
+        (2, 4, 3, 3, 2, 3, 1, 0, true),
+        (1, 4, 1, 2, 3, 3, 1, 1, true),
+        (2, 3, 6, 7, 4, 3, 1, 1, true),
+        (4, 32, 26, 26, 64, 3, 1, 0, true), // the default network's second convolution
         (3, 3, 9, 7, 4, 3, 2, 1, true),
         (2, 2, 11, 10, 5, 3, 3, 2, false),
         (2, 4, 5, 5, 3, 5, 1, 0, true),
@@ -58,17 +68,16 @@ fn conv2d_matches_the_reference() {
             random(&mut rng, s.output_len()),
         );
         let bias = bias.then_some(&b[..]);
-        let mut cols = vec![0.0; batch * fast::conv_col_len(&s)];
-        let mut partials = vec![0.0; 8 * s.weight_len()];
+        let mut ws = fast::ConvWorkspace::new(&s);
         let (mut y, mut dx, mut dw, mut db) = (
             vec![0.0; s.output_len()],
             vec![0.0; s.input_len()],
             vec![0.0; s.weight_len()],
             vec![0.0; cout],
         );
-        fast::conv2d_forward(&s, &x, &wt, bias, &mut y, &mut cols);
-        fast::conv2d_backward_weight(&s, &cols, &d_out, &mut dw, Some(&mut db), &mut partials);
-        fast::conv2d_backward_input(&s, &d_out, &wt, &mut dx, &mut cols);
+        fast::conv2d_forward(&s, &x, &wt, bias, &mut y, &mut ws);
+        fast::conv2d_backward_weight(&s, &d_out, &mut dw, Some(&mut db), &mut ws);
+        fast::conv2d_backward_input(&s, &d_out, &wt, &mut dx, &mut ws);
         let (mut ry, mut rdx, mut rdw, mut rdb) = (
             vec![0.0; s.output_len()],
             vec![0.0; s.input_len()],
