@@ -279,27 +279,29 @@ pub fn conv2d_forward(
         .zip(output[..s.output_len()].par_chunks_mut(per * out_len))
         .zip(input[..s.input_len()].par_chunks(per * in_len))
         .for_each(|(((scratch, vs), ys), xs)| {
-            let (m, rows) = scratch.split_at_mut(W * k * tp);
-            for ((v, y), x) in vs
-                .chunks_mut(v_len)
-                .zip(ys.chunks_mut(out_len))
-                .zip(xs.chunks(in_len))
-            {
-                winograd::input_transform(
-                    c,
-                    (s.in_height, s.in_width),
-                    s.padding,
-                    tiles,
-                    x,
-                    v,
-                    rows,
-                );
-                for p in 0..W {
-                    let (u, v, m) = (&u[p * k * c..], &v[p * c * tp..], &mut m[p * k * tp..]);
-                    winograd::gemm(k, c, tp, u, c, v, tp, m, tp, false);
+            winograd::with_best_isa(|| {
+                let (m, rows) = scratch.split_at_mut(W * k * tp);
+                for ((v, y), x) in vs
+                    .chunks_mut(v_len)
+                    .zip(ys.chunks_mut(out_len))
+                    .zip(xs.chunks(in_len))
+                {
+                    winograd::input_transform(
+                        c,
+                        (s.in_height, s.in_width),
+                        s.padding,
+                        tiles,
+                        x,
+                        v,
+                        rows,
+                    );
+                    for p in 0..W {
+                        let (u, v, m) = (&u[p * k * c..], &v[p * c * tp..], &mut m[p * k * tp..]);
+                        winograd::gemm(k, c, tp, u, c, v, tp, m, tp, false);
+                    }
+                    winograd::output_transform(k, (oh, ow), tiles, m, bias, y, rows);
                 }
-                winograd::output_transform(k, (oh, ow), tiles, m, bias, y, rows);
-            }
+            })
         });
 }
 
@@ -334,28 +336,30 @@ pub fn conv2d_backward_weight(
         .take(chunks)
         .enumerate()
         .for_each(|(chunk, (partial, scratch))| {
-            partial.fill(0.0);
-            let (dw, db) = partial.split_at_mut(w_len);
-            for n in chunk * per..((chunk + 1) * per).min(s.batch) {
-                let dy = &d_output[n * out_len..][..out_len];
-                let col = &cols[n * col_len..][..col_len];
-                if winograd {
-                    let g = &mut scratch[..W * t_n * k];
-                    winograd::gradient_transform(k, (oh, ow), tiles, dy, g);
-                    for p in 0..W {
-                        // M[p][i][o] += sum_t v[p][i][t] * g[p][t][o].
-                        let (v, g) = (&col[p * c * tp..], &g[p * t_n * k..]);
-                        winograd::gemm(c, t_n, k, v, tp, g, k, &mut dw[p * c * k..], k, true);
+            winograd::with_best_isa(|| {
+                partial.fill(0.0);
+                let (dw, db) = partial.split_at_mut(w_len);
+                for n in chunk * per..((chunk + 1) * per).min(s.batch) {
+                    let dy = &d_output[n * out_len..][..out_len];
+                    let col = &cols[n * col_len..][..col_len];
+                    if winograd {
+                        let g = &mut scratch[..W * t_n * k];
+                        winograd::gradient_transform(k, (oh, ow), tiles, dy, g);
+                        for p in 0..W {
+                            // M[p][i][o] += sum_t v[p][i][t] * g[p][t][o].
+                            let (v, g) = (&col[p * c * tp..], &g[p * t_n * k..]);
+                            winograd::gemm(c, t_n, k, v, tp, g, k, &mut dw[p * c * k..], k, true);
+                        }
+                    } else {
+                        // d_weight[o, r] += sum_p dy[o, p] * col[r, p]: col read transposed.
+                        let rows = conv_col_rows(s);
+                        sgemm(k, hw, rows, dy, (hw, 1), col, (1, hw), dw, true);
                     }
-                } else {
-                    // d_weight[o, r] += sum_p dy[o, p] * col[r, p]: col read transposed.
-                    let rows = conv_col_rows(s);
-                    sgemm(k, hw, rows, dy, (hw, 1), col, (1, hw), dw, true);
+                    for (o, b) in db.iter_mut().enumerate() {
+                        *b += sum(&dy[o * hw..][..hw]);
+                    }
                 }
-                for (o, b) in db.iter_mut().enumerate() {
-                    *b += sum(&dy[o * hw..][..hw]);
-                }
-            }
+            })
         });
     reduce_chunks(&mut ws.partials, w_len + k, chunks);
     if winograd {
@@ -405,16 +409,26 @@ pub fn conv2d_backward_input(
         .zip(d_input[..s.input_len()].par_chunks_mut(per * in_len))
         .zip(d_output[..s.output_len()].par_chunks(per * out_len))
         .for_each(|((scratch, dxs), dys)| {
-            let (v, rest) = scratch.split_at_mut(W * k * tp);
-            let (m, rows) = rest.split_at_mut(W * c * tp);
-            for (dx, dy) in dxs.chunks_mut(in_len).zip(dys.chunks(out_len)) {
-                winograd::input_transform(k, (oh, ow), 2 - s.padding, tiles, dy, v, rows);
-                for p in 0..W {
-                    let (u, v, m) = (&u[p * c * k..], &v[p * k * tp..], &mut m[p * c * tp..]);
-                    winograd::gemm(c, k, tp, u, k, v, tp, m, tp, false);
+            winograd::with_best_isa(|| {
+                let (v, rest) = scratch.split_at_mut(W * k * tp);
+                let (m, rows) = rest.split_at_mut(W * c * tp);
+                for (dx, dy) in dxs.chunks_mut(in_len).zip(dys.chunks(out_len)) {
+                    winograd::input_transform(k, (oh, ow), 2 - s.padding, tiles, dy, v, rows);
+                    for p in 0..W {
+                        let (u, v, m) = (&u[p * c * k..], &v[p * k * tp..], &mut m[p * c * tp..]);
+                        winograd::gemm(c, k, tp, u, k, v, tp, m, tp, false);
+                    }
+                    winograd::output_transform(
+                        c,
+                        (s.in_height, s.in_width),
+                        tiles,
+                        m,
+                        None,
+                        dx,
+                        rows,
+                    );
                 }
-                winograd::output_transform(c, (s.in_height, s.in_width), tiles, m, None, dx, rows);
-            }
+            })
         });
 }
 
@@ -461,29 +475,22 @@ pub fn dense_forward(
         });
 }
 
-/// `d_x[N, in] = d_y[N, out] * weight[out, in]`.
+/// `d_x[N, in] = d_y[N, out] * weight[out, in]`, in parallel blocks of rows: [`winograd::gemm`],
+/// whose operands here are both row-major, so nothing is packed.
 pub fn dense_backward_input(s: &DenseShape, d_output: &[f32], weight: &[f32], d_input: &mut [f32]) {
     let block = row_block(s.batch);
-    d_input[..s.batch * s.in_features]
-        .par_chunks_mut(block * s.in_features)
-        .zip(d_output[..s.batch * s.out_features].par_chunks(block * s.out_features))
+    let (fin, fout) = (s.in_features, s.out_features);
+    d_input[..s.batch * fin]
+        .par_chunks_mut(block * fin)
+        .zip(d_output[..s.batch * fout].par_chunks(block * fout))
         .for_each(|(dx, dy)| {
-            let rows = dx.len() / s.in_features;
-            sgemm(
-                rows,
-                s.out_features,
-                s.in_features,
-                dy,
-                (s.out_features, 1),
-                weight,
-                (s.in_features, 1),
-                dx,
-                false,
-            );
+            let rows = dx.len() / fin;
+            winograd::gemm(rows, fout, fin, dy, fout, weight, fin, dx, fin, false);
         });
 }
 
-/// `d_weight[out, in] = d_y^T * x`, in parallel blocks of output rows; `d_bias` = column sums.
+/// `d_weight[out, in] = d_y^T * x`, in parallel blocks of output rows ([`winograd::gemm_at`] reads
+/// `d_y` transposed in place); `d_bias` = column sums.
 pub fn dense_backward_weight(
     s: &DenseShape,
     input: &[f32],
@@ -491,31 +498,22 @@ pub fn dense_backward_weight(
     d_weight: &mut [f32],
     d_bias: Option<&mut [f32]>,
 ) {
-    let block = s
-        .out_features
-        .div_ceil(rayon::current_num_threads().max(1))
-        .max(1);
-    d_weight[..s.out_features * s.in_features]
-        .par_chunks_mut(block * s.in_features)
+    let (fin, fout) = (s.in_features, s.out_features);
+    let block = fout.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    d_weight[..fout * fin]
+        .par_chunks_mut(block * fin)
         .enumerate()
         .for_each(|(i, dw)| {
-            let rows = dw.len() / s.in_features;
+            let rows = dw.len() / fin;
             let dy = &d_output[i * block..];
-            sgemm(
-                rows,
-                s.batch,
-                s.in_features,
-                dy,
-                (1, s.out_features),
-                input,
-                (s.in_features, 1),
-                dw,
-                false,
-            );
+            winograd::gemm_at(rows, s.batch, fin, dy, fout, input, fin, dw, fin, false);
         });
     if let Some(d_bias) = d_bias {
-        for (o, db) in d_bias.iter_mut().enumerate().take(s.out_features) {
-            *db = (0..s.batch).map(|n| d_output[n * s.out_features + o]).sum();
+        d_bias[..fout].fill(0.0);
+        for dy in d_output[..s.batch * fout].chunks_exact(fout) {
+            for (b, g) in d_bias.iter_mut().zip(dy) {
+                *b += g;
+            }
         }
     }
 }
@@ -540,27 +538,52 @@ pub fn max_pool2d_forward(s: &Pool2dShape, input: &[f32], output: &mut [f32], ar
     let (oh, ow) = (s.out_height(), s.out_width());
     let (in_plane, out_plane) = (s.in_height * s.in_width, oh * ow);
     let (in_len, out_len) = (s.channels * in_plane, s.channels * out_plane);
+    let w = s.in_width;
     output[..s.output_len()]
         .par_chunks_mut(out_len)
         .zip(argmax[..s.output_len()].par_chunks_mut(out_len))
         .zip(input[..s.input_len()].par_chunks(in_len))
         .for_each(|((y, arg), x)| {
             for c in 0..s.channels {
+                let (y, arg) = (
+                    &mut y[c * out_plane..][..out_plane],
+                    &mut arg[c * out_plane..][..out_plane],
+                );
                 for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut best = c * in_plane + oy * s.stride * s.in_width + ox * s.stride;
+                    let (y, arg) = (&mut y[oy * ow..][..ow], &mut arg[oy * ow..][..ow]);
+                    let top = c * in_plane + oy * s.stride * w;
+                    if s.window == 2 && s.stride == 2 {
+                        // The common 2x2 case, the same comparisons in the same order.
+                        let (r0, r1) = (&x[top..][..2 * ow], &x[top + w..][..2 * ow]);
+                        for (ox, (y, arg)) in y.iter_mut().zip(arg.iter_mut()).enumerate() {
+                            let i = 2 * ox;
+                            let (mut best, mut at) = (r0[i], top + i);
+                            for (v, j) in [
+                                (r0[i + 1], top + i + 1),
+                                (r1[i], top + w + i),
+                                (r1[i + 1], top + w + i + 1),
+                            ] {
+                                if v > best {
+                                    (best, at) = (v, j);
+                                }
+                            }
+                            *y = best;
+                            *arg = at as u32;
+                        }
+                        continue;
+                    }
+                    for (ox, (y, arg)) in y.iter_mut().zip(arg.iter_mut()).enumerate() {
+                        let mut best = top + ox * s.stride;
                         for wy in 0..s.window {
-                            let row =
-                                c * in_plane + (oy * s.stride + wy) * s.in_width + ox * s.stride;
+                            let row = top + wy * w + ox * s.stride;
                             for i in row..row + s.window {
                                 if x[i] > x[best] {
                                     best = i;
                                 }
                             }
                         }
-                        let o = c * out_plane + oy * ow + ox;
-                        y[o] = x[best];
-                        arg[o] = best as u32;
+                        *y = x[best];
+                        *arg = best as u32;
                     }
                 }
             }
@@ -785,7 +808,7 @@ impl FastCpu {
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_forward(&l.pool_shape(batch), x, y),
                 Layer::Flatten => y.copy_from_slice(x),
-                Layer::Relu => per_sample(l.output.len(), batch, x, y, r::relu_forward),
+                Layer::Relu => per_sample(l.output.len(), batch, x, y, relu_forward),
                 Layer::Tanh => per_sample(l.output.len(), batch, x, y, r::tanh_forward),
                 Layer::Sigmoid => per_sample(l.output.len(), batch, x, y, r::sigmoid_forward),
                 Layer::Dropout { p } => match dropout {
@@ -839,7 +862,7 @@ impl FastCpu {
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_backward(&l.pool_shape(batch), d_y, d_x),
                 Layer::Flatten => d_x.copy_from_slice(d_y),
-                Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, r::relu_backward),
+                Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, relu_backward),
                 Layer::Tanh => elementwise_backward(l, batch, y, d_y, d_x, r::tanh_backward),
                 Layer::Sigmoid => elementwise_backward(l, batch, y, d_y, d_x, r::sigmoid_backward),
                 Layer::Dropout { p } => {
@@ -859,6 +882,20 @@ impl FastCpu {
             }
             record(&mut self.profile, layers + i, started);
         }
+    }
+}
+
+/// [`r::relu_forward`], written so that it vectorises.
+fn relu_forward(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = if x > 0.0 { x } else { 0.0 };
+    }
+}
+
+/// [`r::relu_backward`], written so that it vectorises.
+fn relu_backward(y: &[f32], d_y: &[f32], d_x: &mut [f32]) {
+    for ((d_x, &y), &d_y) in d_x.iter_mut().zip(y).zip(d_y) {
+        *d_x = if y > 0.0 { d_y } else { 0.0 };
     }
 }
 
@@ -909,7 +946,7 @@ fn dropout_apply(
 impl Executor for FastCpu {
     fn device(&self) -> String {
         format!(
-            "CPU (im2col + SGEMM, {} threads)",
+            "CPU (Winograd and im2col + SGEMM, {} threads)",
             rayon::current_num_threads()
         )
     }
