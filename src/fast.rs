@@ -781,6 +781,15 @@ impl FastCpu {
     fn forward(&mut self, batch: usize, dropout: Option<u32>) {
         for (i, l) in self.net.layers.iter().enumerate() {
             let started = Instant::now();
+            if let Layer::Flatten = l.layer {
+                // The same values in the same order: hand the buffer on rather than copy it
+                // (the backward pass hands it back).
+                self.acts.swap(i, i + 1);
+                if dropout.is_some() {
+                    record(&mut self.profile, i, started);
+                }
+                continue;
+            }
             let (before, after) = self.acts.split_at_mut(i + 1);
             let (x, y) = (
                 &before[i][..batch * l.input.len()],
@@ -807,7 +816,7 @@ impl FastCpu {
                     max_pool2d_forward(&l.pool_shape(batch), x, y, &mut self.argmax[i])
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_forward(&l.pool_shape(batch), x, y),
-                Layer::Flatten => y.copy_from_slice(x),
+                Layer::Flatten => unreachable!("handled above"),
                 Layer::Relu => per_sample(l.output.len(), batch, x, y, relu_forward),
                 Layer::Tanh => per_sample(l.output.len(), batch, x, y, r::tanh_forward),
                 Layer::Sigmoid => per_sample(l.output.len(), batch, x, y, r::sigmoid_forward),
@@ -826,6 +835,12 @@ impl FastCpu {
         let layers = self.net.layers.len();
         for (i, l) in self.net.layers.iter().enumerate().rev() {
             let started = Instant::now();
+            if let Layer::Flatten = l.layer {
+                self.acts.swap(i, i + 1);
+                self.d_acts.swap(i, i + 1);
+                record(&mut self.profile, layers + i, started);
+                continue;
+            }
             let x = &self.acts[i][..batch * l.input.len()];
             let y = &self.acts[i + 1][..batch * l.output.len()];
             let (before, after) = self.d_acts.split_at_mut(i + 1);
@@ -861,7 +876,7 @@ impl FastCpu {
                     max_pool2d_backward(&l.pool_shape(batch), &self.argmax[i], d_y, d_x)
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_backward(&l.pool_shape(batch), d_y, d_x),
-                Layer::Flatten => d_x.copy_from_slice(d_y),
+                Layer::Flatten => unreachable!("handled above"),
                 Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, relu_backward),
                 Layer::Tanh => elementwise_backward(l, batch, y, d_y, d_x, r::tanh_backward),
                 Layer::Sigmoid => elementwise_backward(l, batch, y, d_y, d_x, r::sigmoid_backward),

@@ -194,6 +194,11 @@ fn training_trajectories_match_the_reference() {
         ("conv6k3-sigmoid-dense100-tanh-dense10-bce", 13, 0.5), // 52 = 4 x 13
         ("conv16k3-tanh-conv32k3-tanh-dropout0.5-dense10", 6, 0.05), // a short last batch (52 = 8 x 6 + 4)
         (
+            "conv4k3-relu-conv8k3p1-relu-conv6k3p2-relu-maxpool2-dense16-relu-dense10",
+            8,
+            0.05,
+        ), // Winograd, padding 1 and 2
+        (
             "conv4k3s2p1nb-relu-maxpool3s2-dense12-sigmoid-dense10-mse",
             1,
             0.5,
