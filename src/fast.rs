@@ -279,29 +279,27 @@ pub fn conv2d_forward(
         .zip(output[..s.output_len()].par_chunks_mut(per * out_len))
         .zip(input[..s.input_len()].par_chunks(per * in_len))
         .for_each(|(((scratch, vs), ys), xs)| {
-            winograd::with_best_isa(|| {
-                let (m, rows) = scratch.split_at_mut(W * k * tp);
-                for ((v, y), x) in vs
-                    .chunks_mut(v_len)
-                    .zip(ys.chunks_mut(out_len))
-                    .zip(xs.chunks(in_len))
-                {
-                    winograd::input_transform(
-                        c,
-                        (s.in_height, s.in_width),
-                        s.padding,
-                        tiles,
-                        x,
-                        v,
-                        rows,
-                    );
-                    for p in 0..W {
-                        let (u, v, m) = (&u[p * k * c..], &v[p * c * tp..], &mut m[p * k * tp..]);
-                        winograd::gemm(k, c, tp, u, c, v, tp, m, tp, false);
-                    }
-                    winograd::output_transform(k, (oh, ow), tiles, m, bias, y, rows);
+            let (m, rows) = scratch.split_at_mut(W * k * tp);
+            for ((v, y), x) in vs
+                .chunks_mut(v_len)
+                .zip(ys.chunks_mut(out_len))
+                .zip(xs.chunks(in_len))
+            {
+                winograd::input_transform(
+                    c,
+                    (s.in_height, s.in_width),
+                    s.padding,
+                    tiles,
+                    x,
+                    v,
+                    rows,
+                );
+                for p in 0..W {
+                    let (u, v, m) = (&u[p * k * c..], &v[p * c * tp..], &mut m[p * k * tp..]);
+                    winograd::gemm(k, c, tp, u, c, v, tp, m, tp, false);
                 }
-            })
+                winograd::output_transform(k, (oh, ow), tiles, m, bias, y, rows);
+            }
         });
 }
 
@@ -336,30 +334,28 @@ pub fn conv2d_backward_weight(
         .take(chunks)
         .enumerate()
         .for_each(|(chunk, (partial, scratch))| {
-            winograd::with_best_isa(|| {
-                partial.fill(0.0);
-                let (dw, db) = partial.split_at_mut(w_len);
-                for n in chunk * per..((chunk + 1) * per).min(s.batch) {
-                    let dy = &d_output[n * out_len..][..out_len];
-                    let col = &cols[n * col_len..][..col_len];
-                    if winograd {
-                        let g = &mut scratch[..W * t_n * k];
-                        winograd::gradient_transform(k, (oh, ow), tiles, dy, g);
-                        for p in 0..W {
-                            // M[p][i][o] += sum_t v[p][i][t] * g[p][t][o].
-                            let (v, g) = (&col[p * c * tp..], &g[p * t_n * k..]);
-                            winograd::gemm(c, t_n, k, v, tp, g, k, &mut dw[p * c * k..], k, true);
-                        }
-                    } else {
-                        // d_weight[o, r] += sum_p dy[o, p] * col[r, p]: col read transposed.
-                        let rows = conv_col_rows(s);
-                        sgemm(k, hw, rows, dy, (hw, 1), col, (1, hw), dw, true);
+            partial.fill(0.0);
+            let (dw, db) = partial.split_at_mut(w_len);
+            for n in chunk * per..((chunk + 1) * per).min(s.batch) {
+                let dy = &d_output[n * out_len..][..out_len];
+                let col = &cols[n * col_len..][..col_len];
+                if winograd {
+                    let g = &mut scratch[..W * t_n * k];
+                    winograd::gradient_transform(k, (oh, ow), tiles, dy, g);
+                    for p in 0..W {
+                        // M[p][i][o] += sum_t v[p][i][t] * g[p][t][o].
+                        let (v, g) = (&col[p * c * tp..], &g[p * t_n * k..]);
+                        winograd::gemm(c, t_n, k, v, tp, g, k, &mut dw[p * c * k..], k, true);
                     }
-                    for (o, b) in db.iter_mut().enumerate() {
-                        *b += sum(&dy[o * hw..][..hw]);
-                    }
+                } else {
+                    // d_weight[o, r] += sum_p dy[o, p] * col[r, p]: col read transposed.
+                    let rows = conv_col_rows(s);
+                    sgemm(k, hw, rows, dy, (hw, 1), col, (1, hw), dw, true);
                 }
-            })
+                for (o, b) in db.iter_mut().enumerate() {
+                    *b += sum(&dy[o * hw..][..hw]);
+                }
+            }
         });
     reduce_chunks(&mut ws.partials, w_len + k, chunks);
     if winograd {
@@ -409,26 +405,16 @@ pub fn conv2d_backward_input(
         .zip(d_input[..s.input_len()].par_chunks_mut(per * in_len))
         .zip(d_output[..s.output_len()].par_chunks(per * out_len))
         .for_each(|((scratch, dxs), dys)| {
-            winograd::with_best_isa(|| {
-                let (v, rest) = scratch.split_at_mut(W * k * tp);
-                let (m, rows) = rest.split_at_mut(W * c * tp);
-                for (dx, dy) in dxs.chunks_mut(in_len).zip(dys.chunks(out_len)) {
-                    winograd::input_transform(k, (oh, ow), 2 - s.padding, tiles, dy, v, rows);
-                    for p in 0..W {
-                        let (u, v, m) = (&u[p * c * k..], &v[p * k * tp..], &mut m[p * c * tp..]);
-                        winograd::gemm(c, k, tp, u, k, v, tp, m, tp, false);
-                    }
-                    winograd::output_transform(
-                        c,
-                        (s.in_height, s.in_width),
-                        tiles,
-                        m,
-                        None,
-                        dx,
-                        rows,
-                    );
+            let (v, rest) = scratch.split_at_mut(W * k * tp);
+            let (m, rows) = rest.split_at_mut(W * c * tp);
+            for (dx, dy) in dxs.chunks_mut(in_len).zip(dys.chunks(out_len)) {
+                winograd::input_transform(k, (oh, ow), 2 - s.padding, tiles, dy, v, rows);
+                for p in 0..W {
+                    let (u, v, m) = (&u[p * c * k..], &v[p * k * tp..], &mut m[p * c * tp..]);
+                    winograd::gemm(c, k, tp, u, k, v, tp, m, tp, false);
                 }
-            })
+                winograd::output_transform(c, (s.in_height, s.in_width), tiles, m, None, dx, rows);
+            }
         });
 }
 

@@ -34,6 +34,37 @@
 
 use crate::reference::Conv2dShape;
 
+/// Define `$name` as a function compiled three times (AVX-512, AVX2+FMA, plain) and dispatched on
+/// the CPU's features at run time ([`Isa::detect`], cached): loops written plainly then vectorise
+/// to the widest registers the machine has.
+macro_rules! multiversion {
+    ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,fma")]
+            fn avx512($($arg: $ty),*) {
+                imp($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) {
+                imp($($arg),*)
+            }
+            match Isa::detect() {
+                // SAFETY: `detect` found the features these functions are compiled for.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => unsafe { avx2($($arg),*) },
+                _ => imp($($arg),*),
+            }
+        }
+    };
+}
+
 /// Points of a 4x4 tile: the number of matrix products per pass.
 pub const POINTS: usize = 16;
 
@@ -140,20 +171,21 @@ pub fn transform_weights(
     }
 }
 
+multiversion! {
 /// `v[p][c][t] = (Bᵀ d B)[p]` for each channel `c` of one sample `x` (`[channels][h][w]`) and each
 /// tile `t = (ty, tx)` of `grid`, where `d` is the 4x4 patch of `x[c]` at row `2 ty - pad`,
 /// column `2 tx - pad`, zero outside the image. Rows of `v` are `grid.padded()` long; `scratch`
 /// holds `grid.scratch()` floats.
-#[inline(always)]
 pub fn input_transform(
     channels: usize,
-    (h, w): (usize, usize),
+    size: (usize, usize),
     pad: usize,
     grid: Grid,
     x: &[f32],
     v: &mut [f32],
     scratch: &mut [f32],
 ) {
+    let (h, w) = size;
     let (row, tiles, tp) = (grid.row(), grid.len(), grid.padded());
     let plane = channels * tp;
     // The zero-padded image split by the parity of its rows and columns: `parts[2 * ry + rx][a *
@@ -205,6 +237,7 @@ pub fn input_transform(
         }
     }
 }
+}
 
 /// `out = a - b`, element by element.
 #[inline(always)]
@@ -222,19 +255,20 @@ fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
+multiversion! {
 /// `y[c] = Aᵀ m A` tile by tile for one sample (`m` is `[16][channels][tiles]`, rows
 /// `grid.padded()` long), plus `bias[c]`, into `y` (`[channels][h][w]`); the parts of edge tiles
 /// beyond `h x w` are dropped. `scratch` holds `grid.scratch()` floats.
-#[inline(always)]
 pub fn output_transform(
     channels: usize,
-    (h, w): (usize, usize),
+    size: (usize, usize),
     grid: Grid,
     m: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
     scratch: &mut [f32],
 ) {
+    let (h, w) = size;
     let (row, tiles, tp) = (grid.row(), grid.len(), grid.padded());
     let plane = channels * tp;
     // out[r][2 t + x]: output pixel (r, x) of tile t, so that output row 2 ty + r is the run
@@ -286,19 +320,21 @@ pub fn output_transform(
         }
     }
 }
+}
 
+multiversion! {
 /// `g[p][t][c] = (G₂ e G₂ᵀ)[p]` for each channel of one sample's output gradient `dy`
 /// (`[channels][h][w]`) and each 2x2 tile `e` of `grid` at `(2 ty, 2 tx)`, zero beyond the edge
 /// and on spare tiles: channels are the fastest axis, 16 at a time.
 #[allow(clippy::needless_range_loop)] // lane l of four arrays at once
-#[inline(always)]
 pub fn gradient_transform(
     channels: usize,
-    (h, w): (usize, usize),
+    size: (usize, usize),
     grid: Grid,
     dy: &[f32],
     g: &mut [f32],
 ) {
+    let (h, w) = size;
     let plane = grid.len() * channels;
     let hw = h * w;
     for ty in 0..grid.tiles_y {
@@ -359,6 +395,7 @@ pub fn gradient_transform(
             }
         }
     }
+}
 }
 
 #[inline(always)]
@@ -478,32 +515,6 @@ impl Isa {
             Isa::Portable => vec![Isa::Portable],
         }
     }
-}
-
-/// Run `f` compiled for the best instruction set this CPU has: the transforms above are
-/// `#[inline(always)]`, so a closure calling them is compiled (inlined) once per target here.
-pub fn with_best_isa<R>(f: impl FnOnce() -> R) -> R {
-    match Isa::detect() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `detect` found the features these functions are compiled for.
-        Isa::Avx512 => unsafe { run_avx512(f) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2Fma => unsafe { run_avx2(f) },
-        _ => f(),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
 }
 
 /// [`gemm`] (or with `a_transposed`, [`gemm_at`]) with a chosen instruction set; panics if the
