@@ -198,14 +198,24 @@ pub fn input_transform(
         let xc = &x[c * h * w..][..h * w];
         parts.fill(0.0);
         for (yi, src) in xc.chunks_exact(w).enumerate() {
-            let (yy, xx0) = (yi + pad, pad);
-            for rx in 0..2 {
-                let part = &mut parts[(2 * (yy % 2) + rx) * n..][..n];
-                let first = (rx + 2 - xx0 % 2) % 2; // first xi with (xi + pad) % 2 == rx
-                let dst = &mut part[(yy / 2) * row + (first + xx0) / 2..];
-                for (d, s) in dst.iter_mut().zip(src[first.min(w)..].iter().step_by(2)) {
-                    *d = *s;
-                }
+            // Pixel xi goes to column parity (xi + pad) % 2, index (xi + pad) / 2: deinterleave
+            // the row's pairs (a loop that vectorises) into the two column-parity parts.
+            let yy = yi + pad;
+            let at = |rx: usize| (2 * (yy % 2) + rx) * n + (yy / 2) * row;
+            let (first, second) = (at(pad % 2) + pad / 2, at((pad + 1) % 2) + (pad + 1) / 2);
+            let pairs = w / 2;
+            let (lo, hi) = parts.split_at_mut(first.max(second));
+            let (d0, d1) = if first < second {
+                (&mut lo[first..][..pairs + 1], &mut hi[..pairs])
+            } else {
+                (&mut hi[..pairs + 1], &mut lo[second..][..pairs])
+            };
+            for ((pair, a), b) in src.chunks_exact(2).zip(d0.iter_mut()).zip(d1.iter_mut()) {
+                *a = pair[0];
+                *b = pair[1];
+            }
+            if w % 2 == 1 {
+                d0[pairs] = src[w - 1];
             }
         }
         // d B along each patch row, for even (ry = 0) and odd (ry = 1) padded rows:
@@ -271,10 +281,7 @@ pub fn output_transform(
     let (h, w) = size;
     let (row, tiles, tp) = (grid.row(), grid.len(), grid.padded());
     let plane = channels * tp;
-    // out[r][2 t + x]: output pixel (r, x) of tile t, so that output row 2 ty + r is the run
-    // out[r][2 ty row..] of w values.
-    let (out, rest) = scratch.split_at_mut(4 * tiles);
-    let (s, rest) = rest.split_at_mut(8 * tiles);
+    let (s, rest) = scratch.split_at_mut(8 * tiles);
     let (even, odd) = rest[..2 * tiles].split_at_mut(tiles);
     for c in 0..channels {
         let b = bias.map_or(0.0, |b| b[c]);
@@ -306,17 +313,20 @@ pub fn output_transform(
                 *e = s0 + s1 + s2 + b;
                 *o = s1 - s2 - s3 + b;
             }
-            let out = &mut out[r * 2 * tiles..][..2 * tiles];
-            for (pair, (e, o)) in out.chunks_exact_mut(2).zip(even.iter().zip(odd.iter())) {
-                pair[0] = *e;
-                pair[1] = *o;
+            // Output row 2 ty + r: tile ty * row + tx gives its columns 2 tx and 2 tx + 1
+            // (written in place: a short copy per row would cost a call to memcpy).
+            let yc = &mut y[c * h * w..][..h * w];
+            for (ty, dst) in yc.chunks_exact_mut(w).skip(r).step_by(2).enumerate() {
+                let (e, o) = (&even[ty * row..][..row], &odd[ty * row..][..row]);
+                let mut pairs = dst.chunks_exact_mut(2);
+                for (pair, (e, o)) in (&mut pairs).zip(e.iter().zip(o)) {
+                    pair[0] = *e;
+                    pair[1] = *o;
+                }
+                if let [last] = pairs.into_remainder() {
+                    *last = e[w / 2];
+                }
             }
-        }
-        let (out0, out1) = out.split_at(2 * tiles);
-        let yc = &mut y[c * h * w..][..h * w];
-        for (yi, dst) in yc.chunks_exact_mut(w).enumerate() {
-            let src = if yi % 2 == 0 { out0 } else { out1 };
-            dst.copy_from_slice(&src[2 * (yi / 2) * row..][..w]);
         }
     }
 }
@@ -388,8 +398,12 @@ pub fn gradient_transform(
                         lanes(|l| -x1[l]),
                     ];
                     for (j, val) in vals.iter().enumerate() {
-                        g[(i * 4 + j) * plane + t * channels + c0..][..width]
-                            .copy_from_slice(&val[..width]);
+                        let out = &mut g[(i * 4 + j) * plane + t * channels + c0..];
+                        if width == 16 {
+                            out[..16].copy_from_slice(val); // a fixed-size copy: no memcpy call
+                        } else {
+                            out[..width].copy_from_slice(&val[..width]);
+                        }
                     }
                 }
             }
