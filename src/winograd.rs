@@ -202,7 +202,7 @@ pub fn input_transform(
             // the row's pairs (a loop that vectorises) into the two column-parity parts.
             let yy = yi + pad;
             let at = |rx: usize| (2 * (yy % 2) + rx) * n + (yy / 2) * row;
-            let (first, second) = (at(pad % 2) + pad / 2, at((pad + 1) % 2) + (pad + 1) / 2);
+            let (first, second) = (at(pad % 2) + pad / 2, at((pad + 1) % 2) + pad.div_ceil(2));
             let pairs = w / 2;
             let (lo, hi) = parts.split_at_mut(first.max(second));
             let (d0, d1) = if first < second {
