@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Run `wgcnn bench` and `bench/pytorch_reference.py` side by side and print the ratio.
 
-    python3 bench/compare.py [--models default relu-maxpool] [--steps 50] [--repeats 5] [--gpu]
+    python3 bench/compare.py [--models default relu-maxpool] [--steps 50] [--repeats 5] [--rounds 3]
 
-Each benchmark runs as its own process, one after the other; peak memory is each process's
-maximum resident set size (from wait4). Prints a Markdown table. Use bench/compare.sh, which
+Each benchmark runs as its own process; the two alternate for `rounds` rounds (ours, PyTorch, ours,
+PyTorch, ...) so that a machine whose speed drifts (shared or virtual cores) affects both alike,
+and the medians are over every repetition of every round. Peak memory is the largest maximum
+resident set size of a process (from wait4). Prints a Markdown table. Use bench/compare.sh, which
 installs PyTorch into a virtual environment first.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -36,22 +39,39 @@ def run_measured(cmd):
     return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024.0
 
 
+def pooled(runs):
+    """One result from several runs of the same benchmark: the median over all their repetitions."""
+    rates = [r for run in runs for r in run["images_per_second"]]
+    result = dict(runs[0])
+    result["images_per_second"] = rates
+    result["median_images_per_second"] = statistics.median(rates)
+    result["epoch_seconds"] = result["train_images"] / result["median_images_per_second"]
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["default", "relu-maxpool"])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--wgcnn", default=os.path.join(ROOT, "target/release/wgcnn"))
     a = ap.parse_args()
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--repeats", str(a.repeats), "--json"]
     rows = []
     for model in a.models:
-        ours, our_mem = run_measured([a.wgcnn, "bench", "--model", model] + common)
-        theirs, their_mem = run_measured([a.python, os.path.join(ROOT, "bench/pytorch_reference.py"), "--model", model] + common)
-        rows.append((model, ours, our_mem, theirs, their_mem))
-    print(f"measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; medians of {a.repeats} x {a.steps} training steps after {a.warmup} warm-up steps\n")
+        ours_runs, theirs_runs, our_mem, their_mem = [], [], 0.0, 0.0
+        for _ in range(a.rounds):
+            ours, mem = run_measured([a.wgcnn, "bench", "--model", model] + common)
+            ours_runs.append(ours)
+            our_mem = max(our_mem, mem)
+            theirs, mem = run_measured([a.python, os.path.join(ROOT, "bench/pytorch_reference.py"), "--model", model] + common)
+            theirs_runs.append(theirs)
+            their_mem = max(their_mem, mem)
+        rows.append((model, pooled(ours_runs), our_mem, pooled(theirs_runs), their_mem))
+    print(f"measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores; medians of {a.rounds} alternating rounds x {a.repeats} x {a.steps} training steps (after {a.warmup} warm-up steps per run)\n")
     print("| network | batch | wgcnn images/s | PyTorch images/s | ratio | wgcnn epoch s | PyTorch epoch s | wgcnn peak MiB | PyTorch peak MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for model, ours, our_mem, theirs, their_mem in rows:
