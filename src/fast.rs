@@ -235,11 +235,13 @@ fn col2im(s: &Conv2dShape, cols: &[f32], dx: &mut [f32]) {
 /// Forward pass. Keeps what the weight gradient needs (im2col columns or Winograd `V`) in `ws`.
 /// - im2col: per sample, `y[out, HW] = weight[out, K] * im2col(x)[K, HW] + bias`.
 /// - Winograd: per sample, `V = transform(x)`, `M[p] = U[p] * V[p]` for the 16 points, `y = Aᵀ M A + bias`.
+/// With `relu`, the output is passed through ReLU while it is in cache (a fused `conv -> relu`).
 pub fn conv2d_forward(
     s: &Conv2dShape,
     input: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
+    relu: bool,
     output: &mut [f32],
     ws: &mut ConvWorkspace,
 ) {
@@ -265,6 +267,9 @@ pub fn conv2d_forward(
                     None => y.fill(0.0),
                 }
                 sgemm(k, rows, hw, weight, (rows, 1), col, (hw, 1), y, true);
+                if relu {
+                    relu_in_place(y);
+                }
             });
         return;
     }
@@ -299,6 +304,9 @@ pub fn conv2d_forward(
                     winograd::gemm(k, c, tp, u, c, v, tp, m, tp, false);
                 }
                 winograd::output_transform(k, (oh, ow), tiles, m, bias, y, rows);
+                if relu {
+                    relu_in_place(y);
+                }
             }
         });
 }
@@ -372,10 +380,13 @@ pub fn conv2d_backward_weight(
 /// - im2col: per sample, `dcols = weight^T * d_y`, then [`col2im`].
 /// - Winograd: the forward algorithm on `d_y` padded by `2 - padding`, with the filters rotated
 ///   180° and their channel axes swapped.
+/// With `relu_input` (this layer's input, the output of a ReLU), the gradient is passed back
+/// through that ReLU too: `d_input *= relu_input > 0` (a fused `relu -> conv` backward).
 pub fn conv2d_backward_input(
     s: &Conv2dShape,
     d_output: &[f32],
     weight: &[f32],
+    relu_input: Option<&[f32]>,
     d_input: &mut [f32],
     ws: &mut ConvWorkspace,
 ) {
@@ -389,9 +400,13 @@ pub fn conv2d_backward_input(
             .par_chunks_mut(in_len)
             .zip(ws.cols[..s.batch * rows * hw].par_chunks_mut(rows * hw))
             .zip(d_output[..s.output_len()].par_chunks(out_len))
-            .for_each(|((dx, dcol), dy)| {
+            .enumerate()
+            .for_each(|(n, ((dx, dcol), dy))| {
                 sgemm(rows, k, hw, weight, (1, rows), dy, (hw, 1), dcol, false);
                 col2im(s, dcol, dx);
+                if let Some(x) = relu_input {
+                    mask_in_place(dx, &x[n * in_len..][..in_len]);
+                }
             });
         return;
     }
@@ -404,16 +419,20 @@ pub fn conv2d_backward_input(
         .par_chunks_mut(ws.scratch_len)
         .zip(d_input[..s.input_len()].par_chunks_mut(per * in_len))
         .zip(d_output[..s.output_len()].par_chunks(per * out_len))
-        .for_each(|((scratch, dxs), dys)| {
+        .enumerate()
+        .for_each(|(chunk, ((scratch, dxs), dys))| {
             let (v, rest) = scratch.split_at_mut(W * k * tp);
             let (m, rows) = rest.split_at_mut(W * c * tp);
-            for (dx, dy) in dxs.chunks_mut(in_len).zip(dys.chunks(out_len)) {
+            for (j, (dx, dy)) in dxs.chunks_mut(in_len).zip(dys.chunks(out_len)).enumerate() {
                 winograd::input_transform(k, (oh, ow), 2 - s.padding, tiles, dy, v, rows);
                 for p in 0..W {
                     let (u, v, m) = (&u[p * c * k..], &v[p * k * tp..], &mut m[p * c * tp..]);
                     winograd::gemm(c, k, tp, u, k, v, tp, m, tp, false);
                 }
                 winograd::output_transform(c, (s.in_height, s.in_width), tiles, m, None, dx, rows);
+                if let Some(x) = relu_input {
+                    mask_in_place(dx, &x[(chunk * per + j) * in_len..][..in_len]);
+                }
             }
         });
 }
@@ -462,16 +481,27 @@ pub fn dense_forward(
 }
 
 /// `d_x[N, in] = d_y[N, out] * weight[out, in]`, in parallel blocks of rows: [`winograd::gemm`],
-/// whose operands here are both row-major, so nothing is packed.
-pub fn dense_backward_input(s: &DenseShape, d_output: &[f32], weight: &[f32], d_input: &mut [f32]) {
+/// whose operands here are both row-major, so nothing is packed. With `relu_input`, also back
+/// through the ReLU that produced this layer's input, as [`conv2d_backward_input`].
+pub fn dense_backward_input(
+    s: &DenseShape,
+    d_output: &[f32],
+    weight: &[f32],
+    relu_input: Option<&[f32]>,
+    d_input: &mut [f32],
+) {
     let block = row_block(s.batch);
     let (fin, fout) = (s.in_features, s.out_features);
     d_input[..s.batch * fin]
         .par_chunks_mut(block * fin)
         .zip(d_output[..s.batch * fout].par_chunks(block * fout))
-        .for_each(|(dx, dy)| {
+        .enumerate()
+        .for_each(|(i, (dx, dy))| {
             let rows = dx.len() / fin;
             winograd::gemm(rows, fout, fin, dy, fout, weight, fin, dx, fin, false);
+            if let Some(x) = relu_input {
+                mask_in_place(dx, &x[i * block * fin..][..dx.len()]);
+            }
         });
 }
 
@@ -576,18 +606,39 @@ pub fn max_pool2d_forward(s: &Pool2dShape, input: &[f32], output: &mut [f32], ar
         });
 }
 
-/// Max pooling backward: each output's gradient goes to the input its forward pass chose.
-pub fn max_pool2d_backward(s: &Pool2dShape, argmax: &[u32], d_output: &[f32], d_input: &mut [f32]) {
+/// Max pooling backward: each output's gradient goes to the input its forward pass chose. With
+/// `relu_input` (the pool's input, the output of a ReLU), only where that input is positive: the
+/// ReLU's backward pass folded in.
+pub fn max_pool2d_backward(
+    s: &Pool2dShape,
+    argmax: &[u32],
+    d_output: &[f32],
+    relu_input: Option<&[f32]>,
+    d_input: &mut [f32],
+) {
     let one = Pool2dShape { batch: 1, ..*s };
     let (in_len, out_len) = (one.input_len(), one.output_len());
     d_input[..s.input_len()]
         .par_chunks_mut(in_len)
         .zip(argmax[..s.output_len()].par_chunks(out_len))
         .zip(d_output[..s.output_len()].par_chunks(out_len))
-        .for_each(|((dx, arg), dy)| {
+        .enumerate()
+        .for_each(|(n, ((dx, arg), dy))| {
             dx.fill(0.0);
-            for (&i, &g) in arg.iter().zip(dy) {
-                dx[i as usize] += g;
+            match relu_input {
+                None => {
+                    for (&i, &g) in arg.iter().zip(dy) {
+                        dx[i as usize] += g;
+                    }
+                }
+                Some(x) => {
+                    let x = &x[n * in_len..][..in_len];
+                    for (&i, &g) in arg.iter().zip(dy) {
+                        if x[i as usize] > 0.0 {
+                            dx[i as usize] += g;
+                        }
+                    }
+                }
             }
         });
 }
@@ -668,6 +719,12 @@ pub struct FastCpu {
     convs: Vec<Option<ConvWorkspace>>,
     /// Per max-pool layer: the chosen input of every output.
     argmax: Vec<Vec<u32>>,
+    /// Per layer: a convolution followed by a ReLU, which it applies itself (the ReLU's forward
+    /// pass then only hands the buffer on).
+    relu_after: Vec<bool>,
+    /// Per layer: a convolution, dense or max-pool layer after a ReLU, whose input gradient folds
+    /// in that ReLU's backward pass (which then only hands the buffer on).
+    relu_before: Vec<bool>,
     labels: Vec<u8>,
     /// When set, (name, calls, seconds) of every layer's forward and backward pass, then the
     /// gather, loss and optimizer; see [`FastCpu::enable_profiling`].
@@ -712,6 +769,23 @@ impl FastCpu {
                 Vec::new()
             });
         }
+        let kinds: Vec<&Layer> = net.layers.iter().map(|l| &l.layer).collect();
+        let relu_after = (0..kinds.len())
+            .map(|i| {
+                matches!(kinds[i], Layer::Conv2d { .. })
+                    && matches!(kinds.get(i + 1), Some(Layer::Relu))
+            })
+            .collect();
+        let relu_before = (0..kinds.len())
+            .map(|i| {
+                i > 0
+                    && matches!(kinds[i - 1], Layer::Relu)
+                    && matches!(
+                        kinds[i],
+                        Layer::Conv2d { .. } | Layer::Dense { .. } | Layer::MaxPool2d { .. }
+                    )
+            })
+            .collect();
         let grads = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
         let velocity = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
         FastCpu {
@@ -730,6 +804,8 @@ impl FastCpu {
             d_acts,
             convs,
             argmax,
+            relu_after,
+            relu_before,
             labels: Vec::with_capacity(capacity),
             profile: None,
         }
@@ -767,9 +843,18 @@ impl FastCpu {
     fn forward(&mut self, batch: usize, dropout: Option<u32>) {
         for (i, l) in self.net.layers.iter().enumerate() {
             let started = Instant::now();
+            let fused_relu = i > 0 && self.relu_after[i - 1];
             if let Layer::Flatten = l.layer {
                 // The same values in the same order: hand the buffer on rather than copy it
                 // (the backward pass hands it back).
+                self.acts.swap(i, i + 1);
+                if dropout.is_some() {
+                    record(&mut self.profile, i, started);
+                }
+                continue;
+            }
+            if fused_relu {
+                // The convolution before has applied this ReLU already.
                 self.acts.swap(i, i + 1);
                 if dropout.is_some() {
                     record(&mut self.profile, i, started);
@@ -788,6 +873,7 @@ impl FastCpu {
                     x,
                     &self.params[l.weight.unwrap()],
                     bias,
+                    self.relu_after[i],
                     y,
                     self.convs[i].as_mut().unwrap(),
                 ),
@@ -827,7 +913,14 @@ impl FastCpu {
                 record(&mut self.profile, layers + i, started);
                 continue;
             }
+            if self.relu_before.get(i + 1) == Some(&true) {
+                // The next layer's input gradient has been through this ReLU already.
+                self.d_acts.swap(i, i + 1);
+                record(&mut self.profile, layers + i, started);
+                continue;
+            }
             let x = &self.acts[i][..batch * l.input.len()];
+            let relu_input = self.relu_before[i].then_some(x);
             let y = &self.acts[i + 1][..batch * l.output.len()];
             let (before, after) = self.d_acts.split_at_mut(i + 1);
             let (d_x, d_y) = (
@@ -844,7 +937,7 @@ impl FastCpu {
                     let ws = self.convs[i].as_mut().unwrap();
                     conv2d_backward_weight(&s, d_y, &mut lo[w], d_bias, ws);
                     if !first {
-                        conv2d_backward_input(&s, d_y, &self.params[w], d_x, ws);
+                        conv2d_backward_input(&s, d_y, &self.params[w], relu_input, d_x, ws);
                     }
                 }
                 Layer::Dense { .. } => {
@@ -854,12 +947,12 @@ impl FastCpu {
                     let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
                     dense_backward_weight(&s, x, d_y, &mut lo[w], d_bias);
                     if !first {
-                        dense_backward_input(&s, d_y, &self.params[w], d_x);
+                        dense_backward_input(&s, d_y, &self.params[w], relu_input, d_x);
                     }
                 }
                 _ if first => {}
                 Layer::MaxPool2d { .. } => {
-                    max_pool2d_backward(&l.pool_shape(batch), &self.argmax[i], d_y, d_x)
+                    max_pool2d_backward(&l.pool_shape(batch), &self.argmax[i], d_y, relu_input, d_x)
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_backward(&l.pool_shape(batch), d_y, d_x),
                 Layer::Flatten => unreachable!("handled above"),
@@ -897,6 +990,20 @@ fn relu_forward(x: &[f32], y: &mut [f32]) {
 fn relu_backward(y: &[f32], d_y: &[f32], d_x: &mut [f32]) {
     for ((d_x, &y), &d_y) in d_x.iter_mut().zip(y).zip(d_y) {
         *d_x = if y > 0.0 { d_y } else { 0.0 };
+    }
+}
+
+/// [`r::relu_forward`] in place.
+fn relu_in_place(y: &mut [f32]) {
+    for y in y {
+        *y = if *y > 0.0 { *y } else { 0.0 };
+    }
+}
+
+/// [`r::relu_backward`] in place: `d *= y > 0`, `y` being the ReLU's output.
+fn mask_in_place(d: &mut [f32], y: &[f32]) {
+    for (d, &y) in d.iter_mut().zip(y) {
+        *d = if y > 0.0 { *d } else { 0.0 };
     }
 }
 

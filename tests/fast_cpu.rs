@@ -75,9 +75,9 @@ fn conv2d_matches_the_reference() {
             vec![0.0; s.weight_len()],
             vec![0.0; cout],
         );
-        fast::conv2d_forward(&s, &x, &wt, bias, &mut y, &mut ws);
+        fast::conv2d_forward(&s, &x, &wt, bias, false, &mut y, &mut ws);
         fast::conv2d_backward_weight(&s, &d_out, &mut dw, Some(&mut db), &mut ws);
-        fast::conv2d_backward_input(&s, &d_out, &wt, &mut dx, &mut ws);
+        fast::conv2d_backward_input(&s, &d_out, &wt, None, &mut dx, &mut ws);
         let (mut ry, mut rdx, mut rdw, mut rdb) = (
             vec![0.0; s.output_len()],
             vec![0.0; s.input_len()],
@@ -91,6 +91,17 @@ fn conv2d_matches_the_reference() {
         close(&format!("conv2d {s:?} d_input"), &dx, &rdx);
         close(&format!("conv2d {s:?} d_weight"), &dw, &rdw);
         close(&format!("conv2d {s:?} d_bias"), &db, &rdb);
+
+        // Fused with a ReLU: after it (forward) and before it (the input gradient goes back
+        // through a ReLU whose output is `relu_out`, a vector of both signs).
+        let relu_out = random(&mut rng, s.input_len());
+        let (mut ry_relu, mut rdx_relu) = (vec![0.0; y.len()], vec![0.0; dx.len()]);
+        relu_forward(&ry, &mut ry_relu);
+        relu_backward(&relu_out, &rdx, &mut rdx_relu);
+        fast::conv2d_forward(&s, &x, &wt, bias, true, &mut y, &mut ws);
+        fast::conv2d_backward_input(&s, &d_out, &wt, Some(&relu_out), &mut dx, &mut ws);
+        close(&format!("conv2d {s:?} + relu output"), &y, &ry_relu);
+        close(&format!("relu + conv2d {s:?} d_input"), &dx, &rdx_relu);
     }
 }
 
@@ -118,7 +129,7 @@ fn dense_and_pooling_match_the_reference() {
             vec![0.0; out_features],
         );
         fast::dense_forward(&s, &x, &wt, Some(&b), &mut y);
-        fast::dense_backward_input(&s, &d_out, &wt, &mut dx);
+        fast::dense_backward_input(&s, &d_out, &wt, None, &mut dx);
         fast::dense_backward_weight(&s, &x, &d_out, &mut dw, Some(&mut db));
         let (mut ry, mut rdx, mut rdw, mut rdb) = (
             vec![0.0; y.len()],
@@ -133,6 +144,11 @@ fn dense_and_pooling_match_the_reference() {
         close(&format!("dense {s:?} d_input"), &dx, &rdx);
         close(&format!("dense {s:?} d_weight"), &dw, &rdw);
         close(&format!("dense {s:?} d_bias"), &db, &rdb);
+        let relu_out = random(&mut rng, x.len());
+        let mut rdx_relu = vec![0.0; x.len()];
+        relu_backward(&relu_out, &rdx, &mut rdx_relu);
+        fast::dense_backward_input(&s, &d_out, &wt, Some(&relu_out), &mut dx);
+        close(&format!("relu + dense {s:?} d_input"), &dx, &rdx_relu);
     }
     for &(batch, channels, h, w, window, stride) in &[
         (2, 3, 26, 26, 2, 2),
@@ -166,11 +182,20 @@ fn dense_and_pooling_match_the_reference() {
             );
             let mut argmax = vec![0u32; s.output_len()];
             fast::max_pool2d_forward(&s, &x, &mut y, &mut argmax);
-            fast::max_pool2d_backward(&s, &argmax, &d_out, &mut dx);
+            fast::max_pool2d_backward(&s, &argmax, &d_out, None, &mut dx);
             max_pool2d_forward(&s, &x, &mut ry);
             max_pool2d_backward(&s, &x, &d_out, &mut rdx);
             close(&format!("max pool {s:?} ties {ties} output"), &y, &ry);
             close(&format!("max pool {s:?} ties {ties} d_input"), &dx, &rdx);
+            // After a ReLU whose output is the pool's input x (of both signs).
+            let mut rdx_relu = vec![0.0; rdx.len()];
+            relu_backward(&x, &rdx, &mut rdx_relu);
+            fast::max_pool2d_backward(&s, &argmax, &d_out, Some(&x), &mut dx);
+            close(
+                &format!("relu + max pool {s:?} ties {ties} d_input"),
+                &dx,
+                &rdx_relu,
+            );
             fast::avg_pool2d_forward(&s, &x, &mut y);
             fast::avg_pool2d_backward(&s, &d_out, &mut dx);
             avg_pool2d_forward(&s, &x, &mut ry);
