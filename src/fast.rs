@@ -235,6 +235,7 @@ fn col2im(s: &Conv2dShape, cols: &[f32], dx: &mut [f32]) {
 /// Forward pass. Keeps what the weight gradient needs (im2col columns or Winograd `V`) in `ws`.
 /// - im2col: per sample, `y[out, HW] = weight[out, K] * im2col(x)[K, HW] + bias`.
 /// - Winograd: per sample, `V = transform(x)`, `M[p] = U[p] * V[p]` for the 16 points, `y = Aᵀ M A + bias`.
+///
 /// With `relu`, the output is passed through ReLU while it is in cache (a fused `conv -> relu`).
 pub fn conv2d_forward(
     s: &Conv2dShape,
@@ -380,6 +381,7 @@ pub fn conv2d_backward_weight(
 /// - im2col: per sample, `dcols = weight^T * d_y`, then [`col2im`].
 /// - Winograd: the forward algorithm on `d_y` padded by `2 - padding`, with the filters rotated
 ///   180° and their channel axes swapped.
+///
 /// With `relu_input` (this layer's input, the output of a ReLU), the gradient is passed back
 /// through that ReLU too: `d_input *= relu_input > 0` (a fused `relu -> conv` backward).
 pub fn conv2d_backward_input(

@@ -9,7 +9,8 @@
 //! - [`reference`]: every layer's forward and backward pass as plain loops: the specification.
 //! - [`executor`]: the trait an executor implements to train and evaluate a network on a device.
 //! - [`cpu`]: the CPU reference executor, built from [`reference`].
-//! - [`fast`]: the fast CPU executor: im2col + SGEMM over all cores, checked against [`reference`].
+//! - [`fast`]: the fast CPU executor: Winograd or im2col convolutions over all cores, checked
+//!   against [`reference`].
 //! - [`winograd`]: Winograd F(2x2, 3x3) transforms for the fast executor's 3x3 convolutions.
 //! - [`gpu`]: the GPU executor: the same network run by the WGSL kernels in `shaders/`.
 //! - [`train`]: the training loop, shared by every executor.

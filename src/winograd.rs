@@ -336,7 +336,6 @@ multiversion! {
 /// `g[p][t][c] = (G₂ e G₂ᵀ)[p]` for each channel of one sample's output gradient `dy`
 /// (`[channels][h][w]`) and each 2x2 tile `e` of `grid` at `(2 ty, 2 tx)`, zero beyond the edge
 /// and on spare tiles: channels are the fastest axis, 16 at a time.
-#[allow(clippy::needless_range_loop)] // lane l of four arrays at once
 pub fn gradient_transform(
     channels: usize,
     size: (usize, usize),
@@ -345,8 +344,8 @@ pub fn gradient_transform(
     g: &mut [f32],
 ) {
     let (h, w) = size;
-    let plane = grid.len() * channels;
     let hw = h * w;
+    let plane = grid.len() * channels;
     for ty in 0..grid.tiles_y {
         for tx in 0..grid.row() {
             let t = ty * grid.row() + tx;
@@ -358,36 +357,20 @@ pub fn gradient_transform(
             }
             let (y0, x0) = (2 * ty, 2 * tx);
             let (right, below) = (x0 + 1 < w, y0 + 1 < h);
+            let at = y0 * w + x0;
             for c0 in (0..channels).step_by(16) {
                 let width = (channels - c0).min(16);
-                // The tile [a b; c d] of 16 channels.
-                let mut e = [[0.0f32; 16]; 4];
-                for l in 0..width {
-                    let at = (c0 + l) * hw + y0 * w + x0;
-                    e[0][l] = dy[at];
-                    if right {
-                        e[1][l] = dy[at + 1];
-                    }
-                    if below {
-                        e[2][l] = dy[at + w];
-                        if right {
-                            e[3][l] = dy[at + w + 1];
-                        }
-                    }
-                }
+                let from = c0 * hw + at;
+                let pixel = |there: bool, offset: usize| gather16(dy, from + offset, hw, width, there);
+                // The tile [a b; c d].
+                let (a, b) = (pixel(true, 0), pixel(right, 1));
+                let (c, d) = (pixel(below, w), pixel(below && right, w + 1));
                 // Rows of G₂ e: [a b], [(a+c)/2 (b+d)/2], [(a-c)/2 (b-d)/2], [-c -d]; then each
                 // row (x0, x1) times G₂ᵀ: [x0, (x0+x1)/2, (x0-x1)/2, -x1].
-                let [a, b, c, d] = e;
                 let rows: [[[f32; 16]; 2]; 4] = [
                     [a, b],
-                    [
-                        lanes(|l| 0.5 * (a[l] + c[l])),
-                        lanes(|l| 0.5 * (b[l] + d[l])),
-                    ],
-                    [
-                        lanes(|l| 0.5 * (a[l] - c[l])),
-                        lanes(|l| 0.5 * (b[l] - d[l])),
-                    ],
+                    [lanes(|l| 0.5 * (a[l] + c[l])), lanes(|l| 0.5 * (b[l] + d[l]))],
+                    [lanes(|l| 0.5 * (a[l] - c[l])), lanes(|l| 0.5 * (b[l] - d[l]))],
                     [lanes(|l| -c[l]), lanes(|l| -d[l])],
                 ];
                 for (i, [x0, x1]) in rows.iter().enumerate() {
@@ -410,6 +393,19 @@ pub fn gradient_transform(
         }
     }
 }
+}
+
+/// `[x[from + l * stride] for l < width]`, zero-padded to 16 lanes (all zero unless `there`).
+#[inline(always)]
+fn gather16(x: &[f32], from: usize, stride: usize, width: usize, there: bool) -> [f32; 16] {
+    if !there {
+        [0.0; 16]
+    } else if width == 16 {
+        let x = &x[from..][..15 * stride + 1];
+        std::array::from_fn(|l| x[l * stride])
+    } else {
+        std::array::from_fn(|l| if l < width { x[from + l * stride] } else { 0.0 })
+    }
 }
 
 #[inline(always)]
