@@ -448,38 +448,56 @@ fn row_block(batch: usize) -> usize {
     batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
-/// `y[N, out] = x[N, in] * weight^T + bias`, in parallel blocks of rows.
+/// Scratch floats [`dense_forward`] needs: the input and the output, transposed.
+pub fn dense_scratch_len(s: &DenseShape) -> usize {
+    s.batch * (s.in_features + s.out_features)
+}
+
+/// `y[N, out] = x[N, in] * weight^T + bias`, as `y^T = weight * x^T` so that [`winograd::gemm`]
+/// reads both operands row-major (no packing): transpose `x` into `scratch`, multiply in parallel
+/// blocks of output rows (and in slices of the inner dimension that stay in cache), transpose back.
 pub fn dense_forward(
     s: &DenseShape,
     input: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
     output: &mut [f32],
+    scratch: &mut [f32],
 ) {
-    let block = row_block(s.batch);
-    output[..s.batch * s.out_features]
-        .par_chunks_mut(block * s.out_features)
-        .zip(input[..s.batch * s.in_features].par_chunks(block * s.in_features))
-        .for_each(|(y, x)| {
-            let rows = y.len() / s.out_features;
-            match bias {
-                Some(b) => y
-                    .chunks_mut(s.out_features)
-                    .for_each(|row| row.copy_from_slice(b)),
-                None => y.fill(0.0),
+    const SLICE: usize = 1024; // inner dimension per pass: SLICE x N floats of x^T stay in L2
+    let (n, fin, fout) = (s.batch, s.in_features, s.out_features);
+    let (xt, rest) = scratch.split_at_mut(n * fin);
+    let yt = &mut rest[..fout * n];
+    xt.par_chunks_mut(64 * n)
+        .enumerate()
+        .for_each(|(block, xt)| {
+            let i0 = block * 64;
+            for (row, x) in input[..n * fin].chunks_exact(fin).enumerate() {
+                for (ii, &v) in x[i0..i0 + xt.len() / n].iter().enumerate() {
+                    xt[ii * n + row] = v;
+                }
             }
-            sgemm(
-                rows,
-                s.in_features,
-                s.out_features,
-                x,
-                (s.in_features, 1),
-                weight,
-                (1, s.in_features),
-                y,
-                true,
-            );
         });
+    let xt = &*xt;
+    let rows = fout
+        .div_ceil(rayon::current_num_threads().max(1))
+        .next_multiple_of(8);
+    yt.par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(block, yt)| {
+            let r0 = block * rows;
+            let count = yt.len() / n;
+            for i0 in (0..fin).step_by(SLICE) {
+                let len = SLICE.min(fin - i0);
+                let w = &weight[r0 * fin + i0..];
+                winograd::gemm(count, len, n, w, fin, &xt[i0 * n..], n, yt, n, i0 > 0);
+            }
+        });
+    for (row, y) in output[..n * fout].chunks_exact_mut(fout).enumerate() {
+        for (o, y) in y.iter_mut().enumerate() {
+            *y = yt[o * n + row] + bias.map_or(0.0, |b| b[o]);
+        }
+    }
 }
 
 /// `d_x[N, in] = d_y[N, out] * weight[out, in]`, in parallel blocks of rows: [`winograd::gemm`],
@@ -721,6 +739,8 @@ pub struct FastCpu {
     convs: Vec<Option<ConvWorkspace>>,
     /// Per max-pool layer: the chosen input of every output.
     argmax: Vec<Vec<u32>>,
+    /// Per dense layer: its forward pass's transposed input and output.
+    dense_scratch: Vec<Vec<f32>>,
     /// Per layer: a convolution followed by a ReLU, which it applies itself (the ReLU's forward
     /// pass then only hands the buffer on).
     relu_after: Vec<bool>,
@@ -758,12 +778,17 @@ impl FastCpu {
         let mut d_acts = vec![vec![0.0; capacity * net.input.len()]];
         let mut convs = Vec::new();
         let mut argmax = Vec::new();
+        let mut dense_scratch = Vec::new();
         for l in &net.layers {
             acts.push(vec![0.0; capacity * l.output.len()]);
             d_acts.push(vec![0.0; capacity * l.output.len()]);
             convs.push(match l.layer {
                 Layer::Conv2d { .. } => Some(ConvWorkspace::new(&l.conv_shape(capacity))),
                 _ => None,
+            });
+            dense_scratch.push(match l.layer {
+                Layer::Dense { .. } => vec![0.0; dense_scratch_len(&l.dense_shape(capacity))],
+                _ => Vec::new(),
             });
             argmax.push(if matches!(l.layer, Layer::MaxPool2d { .. }) {
                 vec![0; capacity * l.output.len()]
@@ -806,6 +831,7 @@ impl FastCpu {
             d_acts,
             convs,
             argmax,
+            dense_scratch,
             relu_after,
             relu_before,
             labels: Vec::with_capacity(capacity),
@@ -885,6 +911,7 @@ impl FastCpu {
                     &self.params[l.weight.unwrap()],
                     bias,
                     y,
+                    &mut self.dense_scratch[i],
                 ),
                 Layer::MaxPool2d { .. } => {
                     max_pool2d_forward(&l.pool_shape(batch), x, y, &mut self.argmax[i])

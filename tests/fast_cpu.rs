@@ -128,7 +128,8 @@ fn dense_and_pooling_match_the_reference() {
             vec![0.0; wt.len()],
             vec![0.0; out_features],
         );
-        fast::dense_forward(&s, &x, &wt, Some(&b), &mut y);
+        let mut scratch = vec![0.0; fast::dense_scratch_len(&s)];
+        fast::dense_forward(&s, &x, &wt, Some(&b), &mut y, &mut scratch);
         fast::dense_backward_input(&s, &d_out, &wt, None, &mut dx);
         fast::dense_backward_weight(&s, &x, &d_out, &mut dw, Some(&mut db));
         let (mut ry, mut rdx, mut rdw, mut rdb) = (
