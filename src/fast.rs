@@ -500,8 +500,8 @@ pub fn dense_forward(
     }
 }
 
-/// `d_x[N, in] = d_y[N, out] * weight[out, in]`, in parallel blocks of rows: [`winograd::gemm`],
-/// whose operands here are both row-major, so nothing is packed. With `relu_input`, also back
+/// `d_x[N, in] = d_y[N, out] * weight[out, in]`, in parallel blocks of rows (SGEMM: with
+/// `weight` thousands of floats apart row to row, packing pays here). With `relu_input`, also back
 /// through the ReLU that produced this layer's input, as [`conv2d_backward_input`].
 pub fn dense_backward_input(
     s: &DenseShape,
@@ -518,15 +518,14 @@ pub fn dense_backward_input(
         .enumerate()
         .for_each(|(i, (dx, dy))| {
             let rows = dx.len() / fin;
-            winograd::gemm(rows, fout, fin, dy, fout, weight, fin, dx, fin, false);
+            sgemm(rows, fout, fin, dy, (fout, 1), weight, (fin, 1), dx, false);
             if let Some(x) = relu_input {
                 mask_in_place(dx, &x[i * block * fin..][..dx.len()]);
             }
         });
 }
 
-/// `d_weight[out, in] = d_y^T * x`, in parallel blocks of output rows ([`winograd::gemm_at`] reads
-/// `d_y` transposed in place); `d_bias` = column sums.
+/// `d_weight[out, in] = d_y^T * x`, in parallel blocks of output rows; `d_bias` = column sums.
 pub fn dense_backward_weight(
     s: &DenseShape,
     input: &[f32],
@@ -542,7 +541,17 @@ pub fn dense_backward_weight(
         .for_each(|(i, dw)| {
             let rows = dw.len() / fin;
             let dy = &d_output[i * block..];
-            winograd::gemm_at(rows, s.batch, fin, dy, fout, input, fin, dw, fin, false);
+            sgemm(
+                rows,
+                s.batch,
+                fin,
+                dy,
+                (1, fout),
+                input,
+                (fin, 1),
+                dw,
+                false,
+            );
         });
     if let Some(d_bias) = d_bias {
         d_bias[..fout].fill(0.0);

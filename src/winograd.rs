@@ -464,29 +464,7 @@ pub fn gemm(
     accumulate: bool,
 ) {
     let isa = Isa::detect();
-    gemm_with(
-        isa, false, rows, inner, cols, a, lda, b, ldb, c, ldc, accumulate,
-    );
-}
-
-/// [`gemm`] with `a` stored transposed: element `(r, i)` of `a` is `a[i * lda + r]`.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_at(
-    rows: usize,
-    inner: usize,
-    cols: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    let isa = Isa::detect();
-    gemm_with(
-        isa, true, rows, inner, cols, a, lda, b, ldb, c, ldc, accumulate,
-    );
+    gemm_with(isa, rows, inner, cols, a, lda, b, ldb, c, ldc, accumulate);
 }
 
 /// The instruction sets [`gemm`] is compiled for.
@@ -527,12 +505,10 @@ impl Isa {
     }
 }
 
-/// [`gemm`] (or with `a_transposed`, [`gemm_at`]) with a chosen instruction set; panics if the
-/// CPU lacks it.
+/// [`gemm`] with a chosen instruction set; panics if the CPU lacks it.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_with(
     isa: Isa,
-    a_transposed: bool,
     rows: usize,
     inner: usize,
     cols: usize,
@@ -547,25 +523,15 @@ pub fn gemm_with(
     if rows == 0 || cols == 0 {
         return;
     }
-    let a_len = if a_transposed {
-        inner.saturating_sub(1) * lda + rows
-    } else {
-        (rows - 1) * lda + inner
-    };
     assert!(
-        a.len() >= a_len
+        a.len() >= (rows - 1) * lda + inner
             && (inner == 0 || b.len() >= (inner - 1) * ldb + cols)
             && c.len() >= (rows - 1) * ldc + cols
-            && (if a_transposed {
-                rows <= lda
-            } else {
-                inner <= lda
-            })
+            && inner <= lda
             && cols <= ldc,
         "gemm operands too short"
     );
     let args = Args {
-        a_transposed,
         rows,
         inner,
         cols,
@@ -587,15 +553,11 @@ pub fn gemm_with(
             // SAFETY: as above.
             unsafe { gemm_avx2(&args, a, b, c) }
         }
-        _ if a_transposed => {
-            gemm_blocks::<16, 4, { cfg!(target_arch = "aarch64") }, true>(&args, a, b, c)
-        }
-        _ => gemm_blocks::<16, 4, { cfg!(target_arch = "aarch64") }, false>(&args, a, b, c),
+        _ => gemm_blocks::<16, 4, { cfg!(target_arch = "aarch64") }>(&args, a, b, c),
     }
 }
 
 struct Args {
-    a_transposed: bool,
     rows: usize,
     inner: usize,
     cols: usize,
@@ -608,26 +570,20 @@ struct Args {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn gemm_avx512(args: &Args, a: &[f32], b: &[f32], c: &mut [f32]) {
-    if args.a_transposed {
-        gemm_blocks::<32, 8, true, true>(args, a, b, c)
-    } else {
-        gemm_blocks::<32, 8, true, false>(args, a, b, c)
-    }
+    gemm_blocks::<32, 8, true>(args, a, b, c)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gemm_avx2(args: &Args, a: &[f32], b: &[f32], c: &mut [f32]) {
-    if args.a_transposed {
-        gemm_blocks::<16, 6, true, true>(args, a, b, c)
-    } else {
-        gemm_blocks::<16, 6, true, false>(args, a, b, c)
-    }
+    gemm_blocks::<16, 6, true>(args, a, b, c)
 }
 
 /// Columns in blocks of `L`, then 16, then one at a time; rows in blocks of `R`, then one.
+/// `FMA`: fused multiply-adds (only where the target has them; otherwise `mul_add` would be a
+/// slow library call).
 #[inline(always)]
-fn gemm_blocks<const L: usize, const R: usize, const FMA: bool, const AT: bool>(
+fn gemm_blocks<const L: usize, const R: usize, const FMA: bool>(
     args: &Args,
     a: &[f32],
     b: &[f32],
@@ -635,21 +591,21 @@ fn gemm_blocks<const L: usize, const R: usize, const FMA: bool, const AT: bool>(
 ) {
     let mut j = 0;
     while j + L <= args.cols {
-        column_block::<L, R, FMA, AT>(args, j, a, b, c);
+        column_block::<L, R, FMA>(args, j, a, b, c);
         j += L;
     }
     while j + 16 <= args.cols {
-        column_block::<16, R, FMA, AT>(args, j, a, b, c);
+        column_block::<16, R, FMA>(args, j, a, b, c);
         j += 16;
     }
     while j < args.cols {
-        column_block::<1, R, FMA, AT>(args, j, a, b, c);
+        column_block::<1, R, FMA>(args, j, a, b, c);
         j += 1;
     }
 }
 
 #[inline(always)]
-fn column_block<const L: usize, const R: usize, const FMA: bool, const AT: bool>(
+fn column_block<const L: usize, const R: usize, const FMA: bool>(
     args: &Args,
     j: usize,
     a: &[f32],
@@ -658,18 +614,18 @@ fn column_block<const L: usize, const R: usize, const FMA: bool, const AT: bool>
 ) {
     let mut r = 0;
     while r + R <= args.rows {
-        tile::<L, R, FMA, AT>(args, r, j, a, b, c);
+        tile::<L, R, FMA>(args, r, j, a, b, c);
         r += R;
     }
     while r < args.rows {
-        tile::<L, 1, FMA, AT>(args, r, j, a, b, c);
+        tile::<L, 1, FMA>(args, r, j, a, b, c);
         r += 1;
     }
 }
 
 /// `c[r0..r0 + R][j0..j0 + L]`, accumulated in registers over the inner dimension.
 #[inline(always)]
-fn tile<const L: usize, const R: usize, const FMA: bool, const AT: bool>(
+fn tile<const L: usize, const R: usize, const FMA: bool>(
     args: &Args,
     r0: usize,
     j0: usize,
@@ -678,13 +634,7 @@ fn tile<const L: usize, const R: usize, const FMA: bool, const AT: bool>(
     c: &mut [f32],
 ) {
     let inner = args.inner;
-    let a_rows: [&[f32]; R] = std::array::from_fn(|r| {
-        if AT {
-            &[]
-        } else {
-            &a[(r0 + r) * args.lda..][..inner]
-        }
-    });
+    let a_rows: [&[f32]; R] = std::array::from_fn(|r| &a[(r0 + r) * args.lda..][..inner]);
     let mut acc = [[0.0f32; L]; R];
     if args.accumulate {
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -693,13 +643,8 @@ fn tile<const L: usize, const R: usize, const FMA: bool, const AT: bool>(
     }
     for i in 0..inner {
         let bv: &[f32; L] = b[i * args.ldb + j0..][..L].try_into().unwrap();
-        let a_col: &[f32] = if AT {
-            &a[i * args.lda + r0..][..R]
-        } else {
-            &[]
-        };
-        for (r, (acc, a_row)) in acc.iter_mut().zip(&a_rows).enumerate() {
-            let av = if AT { a_col[r] } else { a_row[i] };
+        for (acc, a_row) in acc.iter_mut().zip(&a_rows) {
+            let av = a_row[i];
             for (s, &bv) in acc.iter_mut().zip(bv) {
                 *s = if FMA {
                     av.mul_add(bv, *s)
@@ -727,18 +672,14 @@ mod tests {
             for &(rows, inner, cols) in
                 &[(1, 1, 1), (9, 5, 47), (64, 32, 144), (17, 3, 16), (3, 0, 5)]
             {
-                for (accumulate, at) in [(false, false), (true, false), (false, true), (true, true)]
-                {
-                    let (lda, ldb, ldc) =
-                        (if at { rows + 2 } else { inner + 1 }, cols + 3, cols + 2);
-                    let a: Vec<f32> = (0..rows.max(inner).max(1) * lda).map(value).collect();
-                    let a_at =
-                        |r: usize, i: usize| if at { a[i * lda + r] } else { a[r * lda + i] };
+                for accumulate in [false, true] {
+                    let (lda, ldb, ldc) = (inner + 1, cols + 3, cols + 2);
+                    let a: Vec<f32> = (0..rows * lda).map(value).collect();
                     let b: Vec<f32> = (0..inner.max(1) * ldb).map(|i| value(i + 3)).collect();
                     let c0: Vec<f32> = (0..rows * ldc).map(|i| value(i + 5)).collect();
                     let mut c = c0.clone();
                     gemm_with(
-                        isa, at, rows, inner, cols, &a, lda, &b, ldb, &mut c, ldc, accumulate,
+                        isa, rows, inner, cols, &a, lda, &b, ldb, &mut c, ldc, accumulate,
                     );
                     for r in 0..rows {
                         for j in 0..ldc {
@@ -746,13 +687,13 @@ mod tests {
                                 c0[r * ldc + j] // outside the product: untouched
                             } else {
                                 let dot: f32 =
-                                    (0..inner).map(|i| a_at(r, i) * b[i * ldb + j]).sum();
+                                    (0..inner).map(|i| a[r * lda + i] * b[i * ldb + j]).sum();
                                 dot + if accumulate { c0[r * ldc + j] } else { 0.0 }
                             };
                             let got = c[r * ldc + j];
                             assert!(
                                 (got - expected).abs() <= 1e-5 * (1.0 + expected.abs()),
-                                "{isa:?} {rows}x{inner}x{cols} acc {accumulate} a transposed {at}: c[{r}][{j}] = {got}, expected {expected}"
+                                "{isa:?} {rows}x{inner}x{cols} acc {accumulate}: c[{r}][{j}] = {got}, expected {expected}"
                             );
                         }
                     }
