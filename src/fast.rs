@@ -1031,6 +1031,14 @@ fn relu_backward(y: &[f32], d_y: &[f32], d_x: &mut [f32]) {
     }
 }
 
+/// [`r::sgd_update`], written so that it vectorises.
+fn sgd_update(lr: f32, momentum: f32, param: &mut [f32], grad: &[f32], velocity: &mut [f32]) {
+    for ((p, &g), v) in param.iter_mut().zip(grad).zip(velocity.iter_mut()) {
+        *v = momentum * *v + g;
+        *p -= lr * *v;
+    }
+}
+
 /// [`r::relu_forward`] in place.
 fn relu_in_place(y: &mut [f32]) {
     for y in y {
@@ -1205,13 +1213,14 @@ impl Executor for FastCpu {
         self.backward(len, step);
         let started = Instant::now();
         let (lr, momentum) = (sgd.lr, sgd.momentum);
-        self.params
-            .par_iter_mut()
-            .zip(self.grads.par_iter())
-            .zip(self.velocity.par_iter_mut())
-            .for_each(|((p, g), v)| {
-                r::sgd_update(lr, momentum, p, g, v);
-            });
+        // In pieces, so that one large tensor (a dense layer's weight) is shared by all cores.
+        const PIECE: usize = 1 << 14;
+        for ((p, g), v) in self.params.iter_mut().zip(&self.grads).zip(&mut self.velocity) {
+            p.par_chunks_mut(PIECE)
+                .zip(g.par_chunks(PIECE))
+                .zip(v.par_chunks_mut(PIECE))
+                .for_each(|((p, g), v)| sgd_update(lr, momentum, p, g, v));
+        }
         record(&mut self.profile, 2 * layers + 2, started);
         self.metrics.loss_sum += loss as f64 * len as f64;
         self.metrics.correct += correct as u64;
