@@ -159,7 +159,8 @@ impl ConvWorkspace {
             let out = Grid::new(s.out_height(), s.out_width());
             let input = Grid::new(s.in_height, s.in_width);
             let (tp, tp2) = (out.padded(), input.padded());
-            let products = (W * k * tp).max(W * (k + c) * tp2).max(W * out.len() * k);
+            let weight_grad = W * out.len() * k + out.gradient_scratch(k);
+            let products = (W * k * tp).max(W * (k + c) * tp2).max(weight_grad);
             let scratch = products + out.scratch().max(input.scratch());
             (W * c * tp, W * k * c, scratch, W * k * c + k)
         } else {
@@ -367,8 +368,8 @@ pub fn conv2d_backward_weight(
                 let dy = &d_output[n * out_len..][..out_len];
                 let col = &cols[n * col_len..][..col_len];
                 if winograd {
-                    let g = &mut scratch[..W * t_n * k];
-                    winograd::gradient_transform(k, (oh, ow), tiles, dy, g);
+                    let (g, rest) = scratch.split_at_mut(W * t_n * k);
+                    winograd::gradient_transform(k, (oh, ow), tiles, dy, g, rest);
                     for p in 0..W {
                         // M[p][i][o] += sum_t v[p][i][t] * g[p][t][o].
                         let (v, g) = (&col[p * c * tp..], &g[p * t_n * k..]);
@@ -1243,7 +1244,12 @@ impl Executor for FastCpu {
         let (lr, momentum) = (sgd.lr, sgd.momentum);
         // In pieces, so that one large tensor (a dense layer's weight) is shared by all cores.
         const PIECE: usize = 1 << 14;
-        for ((p, g), v) in self.params.iter_mut().zip(&self.grads).zip(&mut self.velocity) {
+        for ((p, g), v) in self
+            .params
+            .iter_mut()
+            .zip(&self.grads)
+            .zip(&mut self.velocity)
+        {
             p.par_chunks_mut(PIECE)
                 .zip(g.par_chunks(PIECE))
                 .zip(v.par_chunks_mut(PIECE))

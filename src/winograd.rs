@@ -113,7 +113,12 @@ impl Grid {
         self.len().next_multiple_of(16)
     }
 
-    /// Scratch floats the transforms need.
+    /// Scratch floats [`gradient_transform`] needs for `channels` channels.
+    pub fn gradient_scratch(&self, channels: usize) -> usize {
+        (POINTS * channels + 6) * self.len()
+    }
+
+    /// Scratch floats the other transforms need.
     pub fn scratch(&self) -> usize {
         16 * (self.tiles_y + 1) * self.row() + 16
     }
@@ -335,82 +340,150 @@ pub fn output_transform(
 multiversion! {
 /// `g[p][t][c] = (G₂ e G₂ᵀ)[p]` for each channel of one sample's output gradient `dy`
 /// (`[channels][h][w]`) and each 2x2 tile `e` of `grid` at `(2 ty, 2 tx)`, zero beyond the edge
-/// and on spare tiles: channels are the fastest axis, 16 at a time.
+/// and on spare tiles. Channels are the fastest axis of `g` (see [`gemm`]'s use in the weight
+/// gradient), so the transform runs channel by channel over all tiles (flat loops) into
+/// `scratch`, which is then transposed into `g`. `scratch` holds [`Grid::gradient_scratch`]
+/// floats.
 pub fn gradient_transform(
     channels: usize,
     size: (usize, usize),
     grid: Grid,
     dy: &[f32],
     g: &mut [f32],
+    scratch: &mut [f32],
 ) {
     let (h, w) = size;
-    let hw = h * w;
-    let plane = grid.len() * channels;
-    for ty in 0..grid.tiles_y {
-        for tx in 0..grid.row() {
-            let t = ty * grid.row() + tx;
-            if tx == grid.tiles_x {
-                for p in 0..POINTS {
-                    g[p * plane + t * channels..][..channels].fill(0.0);
-                }
+    let (row, tiles) = (grid.row(), grid.len());
+    // gt[p][c][t], then the four pixels of every tile, then one row of G₂ e.
+    let (gt, rest) = scratch.split_at_mut(POINTS * channels * tiles);
+    let (e, rest) = rest.split_at_mut(4 * tiles);
+    let (x0, x1) = rest[..2 * tiles].split_at_mut(tiles);
+    for c in 0..channels {
+        // e[2 ry + rx][ty row + tx] = dy[c][2 ty + ry][2 tx + rx] (zero beyond the edge).
+        e.fill(0.0);
+        for (yi, src) in dy[c * h * w..][..h * w].chunks_exact(w).enumerate() {
+            let at = (yi / 2) * row;
+            let (left, right) = e[2 * (yi % 2) * tiles..][..2 * tiles].split_at_mut(tiles);
+            let (left, right) = (&mut left[at..], &mut right[at..]);
+            for ((pair, l), r) in src.chunks_exact(2).zip(left.iter_mut()).zip(right.iter_mut()) {
+                *l = pair[0];
+                *r = pair[1];
+            }
+            if w % 2 == 1 {
+                left[w / 2] = src[w - 1];
+            }
+        }
+        let (a, rest) = e.split_at(tiles);
+        let (b, rest) = rest.split_at(tiles);
+        let (cc, d) = rest.split_at(tiles);
+        let mut out = gt
+            .chunks_exact_mut(channels * tiles)
+            .map(|plane| &mut plane[c * tiles..][..tiles]);
+        let mut out: [&mut [f32]; POINTS] = std::array::from_fn(|_| out.next().unwrap());
+        // Rows i of G₂ e: [a b], [(a+c)/2 (b+d)/2], [(a-c)/2 (b-d)/2], [-c -d]; then each row
+        // (x0, x1) times G₂ᵀ: [x0, (x0+x1)/2, (x0-x1)/2, -x1] at points 4 i + j.
+        for i in 0..4 {
+            for (t, (x0, x1)) in x0.iter_mut().zip(x1.iter_mut()).enumerate() {
+                (*x0, *x1) = match i {
+                    0 => (a[t], b[t]),
+                    1 => (0.5 * (a[t] + cc[t]), 0.5 * (b[t] + d[t])),
+                    2 => (0.5 * (a[t] - cc[t]), 0.5 * (b[t] - d[t])),
+                    _ => (-cc[t], -d[t]),
+                };
+            }
+            let [o0, o1, o2, o3] = &mut out[4 * i..4 * i + 4] else {
+                unreachable!()
+            };
+            for ((((o0, o1), o2), o3), (&x0, &x1)) in o0
+                .iter_mut()
+                .zip(o1.iter_mut())
+                .zip(o2.iter_mut())
+                .zip(o3.iter_mut())
+                .zip(x0.iter().zip(x1.iter()))
+            {
+                *o0 = x0;
+                *o1 = 0.5 * (x0 + x1);
+                *o2 = 0.5 * (x0 - x1);
+                *o3 = -x1;
+            }
+        }
+    }
+    for (src, dst) in gt
+        .chunks_exact(channels * tiles)
+        .zip(g.chunks_exact_mut(tiles * channels))
+    {
+        transpose(src, channels, tiles, dst);
+    }
+}
+}
+
+/// `dst[j][i] = src[i][j]` for a `rows x cols` row-major `src`, in 16 x 16 blocks (with
+/// AVX-512, whole blocks in registers: sixteen loads, 64 shuffles, sixteen stores).
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    let avx512 = Isa::detect() == Isa::Avx512;
+    for i0 in (0..rows).step_by(16) {
+        for j0 in (0..cols).step_by(16) {
+            #[cfg(target_arch = "x86_64")]
+            if avx512 && i0 + 16 <= rows && j0 + 16 <= cols {
+                // SAFETY: the CPU has AVX-512F; the block's 16 rows of 16 floats lie inside
+                // `src` (i0 + 16 <= rows, j0 + 16 <= cols) and inside `dst` likewise.
+                unsafe {
+                    transpose16_avx512(
+                        src.as_ptr().add(i0 * cols + j0),
+                        cols,
+                        dst.as_mut_ptr().add(j0 * rows + i0),
+                        rows,
+                    )
+                };
                 continue;
             }
-            let (y0, x0) = (2 * ty, 2 * tx);
-            let (right, below) = (x0 + 1 < w, y0 + 1 < h);
-            let at = y0 * w + x0;
-            for c0 in (0..channels).step_by(16) {
-                let width = (channels - c0).min(16);
-                let from = c0 * hw + at;
-                let pixel = |there: bool, offset: usize| gather16(dy, from + offset, hw, width, there);
-                // The tile [a b; c d].
-                let (a, b) = (pixel(true, 0), pixel(right, 1));
-                let (c, d) = (pixel(below, w), pixel(below && right, w + 1));
-                // Rows of G₂ e: [a b], [(a+c)/2 (b+d)/2], [(a-c)/2 (b-d)/2], [-c -d]; then each
-                // row (x0, x1) times G₂ᵀ: [x0, (x0+x1)/2, (x0-x1)/2, -x1].
-                let rows: [[[f32; 16]; 2]; 4] = [
-                    [a, b],
-                    [lanes(|l| 0.5 * (a[l] + c[l])), lanes(|l| 0.5 * (b[l] + d[l]))],
-                    [lanes(|l| 0.5 * (a[l] - c[l])), lanes(|l| 0.5 * (b[l] - d[l]))],
-                    [lanes(|l| -c[l]), lanes(|l| -d[l])],
-                ];
-                for (i, [x0, x1]) in rows.iter().enumerate() {
-                    let vals = [
-                        *x0,
-                        lanes(|l| 0.5 * (x0[l] + x1[l])),
-                        lanes(|l| 0.5 * (x0[l] - x1[l])),
-                        lanes(|l| -x1[l]),
-                    ];
-                    for (j, val) in vals.iter().enumerate() {
-                        let out = &mut g[(i * 4 + j) * plane + t * channels + c0..];
-                        if width == 16 {
-                            out[..16].copy_from_slice(val); // a fixed-size copy: no memcpy call
-                        } else {
-                            out[..width].copy_from_slice(&val[..width]);
-                        }
-                    }
+            for i in i0..(i0 + 16).min(rows) {
+                for j in j0..(j0 + 16).min(cols) {
+                    dst[j * rows + i] = src[i * cols + j];
                 }
             }
         }
     }
-}
+    let _ = avx512;
 }
 
-/// `[x[from + l * stride] for l < width]`, zero-padded to 16 lanes (all zero unless `there`).
-#[inline(always)]
-fn gather16(x: &[f32], from: usize, stride: usize, width: usize, there: bool) -> [f32; 16] {
-    if !there {
-        [0.0; 16]
-    } else if width == 16 {
-        let x = &x[from..][..15 * stride + 1];
-        std::array::from_fn(|l| x[l * stride])
-    } else {
-        std::array::from_fn(|l| if l < width { x[from + l * stride] } else { 0.0 })
+/// One 16 x 16 block: rows interleaved by 32 bits, then 64, then 128-bit lanes twice; output row
+/// `i` is then column `i` of the block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16_avx512(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (i, r) in r.iter_mut().enumerate() {
+        *r = _mm512_loadu_ps(src.add(i * src_stride));
     }
-}
-
-#[inline(always)]
-fn lanes(f: impl Fn(usize) -> f32) -> [f32; 16] {
-    std::array::from_fn(f)
+    let mut t = [_mm512_setzero_ps(); 16];
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); 16];
+    for k in 0..4 {
+        let pd = |x: __m512| _mm512_castps_pd(x);
+        u[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[4 * k]), pd(t[4 * k + 2])));
+        u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[4 * k]), pd(t[4 * k + 2])));
+        u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[4 * k + 1]), pd(t[4 * k + 3])));
+        u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[4 * k + 1]), pd(t[4 * k + 3])));
+    }
+    let mut v = [_mm512_setzero_ps(); 16];
+    for k in 0..2 {
+        for j in 0..4 {
+            v[8 * k + j] = _mm512_shuffle_f32x4::<0x88>(u[8 * k + j], u[8 * k + 4 + j]);
+            v[8 * k + 4 + j] = _mm512_shuffle_f32x4::<0xdd>(u[8 * k + j], u[8 * k + 4 + j]);
+        }
+    }
+    for j in 0..8 {
+        let lo = _mm512_shuffle_f32x4::<0x88>(v[j], v[8 + j]);
+        let hi = _mm512_shuffle_f32x4::<0xdd>(v[j], v[8 + j]);
+        _mm512_storeu_ps(dst.add(j * dst_stride), lo);
+        _mm512_storeu_ps(dst.add((8 + j) * dst_stride), hi);
+    }
 }
 
 /// `d_weight[o][i] = A₂ᵀ m A₂` (3x3) from the summed products `m` (`[16][in][out]`).
@@ -662,6 +735,26 @@ fn tile<const L: usize, const R: usize, const FMA: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocked (and, where the CPU has it, AVX-512) transpose against the definition, on
+    /// sizes with whole and partial 16 x 16 blocks.
+    #[test]
+    fn transpose_matches_the_definition() {
+        for (rows, cols) in [(16, 16), (64, 156), (17, 33), (1, 5), (32, 16)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![-1.0; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        dst[j * rows + i],
+                        src[i * cols + j],
+                        "{rows}x{cols} at ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
 
     /// Every compiled variant of the product against the plain triple loop, on sizes that leave
     /// every kind of remainder (rows of the register block, 16- and 1-wide columns).
