@@ -1128,8 +1128,13 @@ fn dropout_apply(
 
 impl Executor for FastCpu {
     fn device(&self) -> String {
+        let isa = match winograd::Isa::detect() {
+            winograd::Isa::Avx512 => "AVX-512",
+            winograd::Isa::Avx2Fma => "AVX2",
+            winograd::Isa::Portable => "portable",
+        };
         format!(
-            "CPU (Winograd and im2col + SGEMM, {} threads)",
+            "CPU (Winograd and im2col + SGEMM, {isa}, {} threads)",
             rayon::current_num_threads()
         )
     }

@@ -549,28 +549,36 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best this CPU has.
+    /// The best this CPU has, or less if the environment variable `WGCNN_CPU_ISA` asks for
+    /// less (`avx2` or `portable`; to check those code paths, or to match another machine's
+    /// rounding). Read once.
     pub fn detect() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Isa::best();
+            match std::env::var("WGCNN_CPU_ISA").as_deref() {
+                Ok("portable") => Isa::Portable,
+                Ok("avx2") if best != Isa::Portable => Isa::Avx2Fma,
+                _ => best,
+            }
+        })
+    }
+
+    fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-            *ISA.get_or_init(|| {
-                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                    Isa::Avx512
-                } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    Isa::Avx2Fma
-                } else {
-                    Isa::Portable
-                }
-            })
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2Fma;
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
         Isa::Portable
     }
 
     /// Every variant this CPU can run (for tests).
     pub fn available() -> Vec<Isa> {
-        match Isa::detect() {
+        match Isa::best() {
             Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2Fma, Isa::Portable],
             Isa::Avx2Fma => vec![Isa::Avx2Fma, Isa::Portable],
             Isa::Portable => vec![Isa::Portable],
@@ -649,7 +657,7 @@ fn gemm_avx512(args: &Args, a: &[f32], b: &[f32], c: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gemm_avx2(args: &Args, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm_blocks::<16, 6, true>(args, a, b, c)
+    gemm_blocks::<16, 4, true>(args, a, b, c)
 }
 
 /// Columns in blocks of `L`, then 16, then one at a time; rows in blocks of `R`, then one.
