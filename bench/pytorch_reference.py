@@ -28,7 +28,7 @@ from check_checkpoint import build  # noqa: E402  (the spec -> torch.nn.Sequenti
 
 # src/spec.rs PRESETS: name -> (spec, batch size, lr, momentum)
 PRESETS = {
-    "default": ("conv32k3-relu-conv64k3-relu-maxpool2-dense128-relu-dense10", 64, 0.01, 0.9),
+    "default": ("conv32k3-relu-conv64k3-relu-maxpool2-dropout0.25-dense128-relu-dropout0.5-dense10", 64, 0.02, 0.9),
     "tanh-avgpool": ("conv6k3-tanh-avgpool3s1-dense32-tanh-dense10", 32, 0.05, 0.9),
     "dropout": ("conv16k3-tanh-dropout0.5-dense10", 32, 0.01, 0.9),
     "two-conv": ("conv16k3-tanh-conv32k3-tanh-dropout0.5-dense10", 32, 0.01, 0.9),

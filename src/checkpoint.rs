@@ -5,7 +5,7 @@
 //! saved, sit beside them as `optimizer.momentum.<name>`; PyTorch code loading the weights skips
 //! them (`{k: v for k, v in t.items() if not k.startswith("optimizer.")}`).
 //! Metadata (strings): `format`, `spec` (the network), `seed`, `epoch` (epochs completed), `step`
-//! (SGD steps taken), `batch_size`, `lr`, `momentum`, `normalize_mean`, `normalize_std`.
+//! (SGD steps taken), `batch_size`, `lr`, `lr_decay`, `momentum`, `normalize_mean`, `normalize_std`.
 //!
 //! Writes are atomic: the file is written beside its destination under a temporary name, flushed,
 //! then renamed over it, so an interrupted save never leaves a broken checkpoint.
@@ -34,6 +34,8 @@ pub struct CheckpointInfo {
     pub step: u64,
     pub batch_size: usize,
     pub lr: f32,
+    /// The learning rate's factor per epoch (1 in checkpoints written before it existed).
+    pub lr_decay: f32,
     pub momentum: f32,
     pub normalization: Normalization,
 }
@@ -84,6 +86,7 @@ pub fn save(
         ("step", info.step.to_string()),
         ("batch_size", info.batch_size.to_string()),
         ("lr", info.lr.to_string()),
+        ("lr_decay", info.lr_decay.to_string()),
         ("momentum", info.momentum.to_string()),
         ("normalize_mean", info.normalization.mean.to_string()),
         ("normalize_std", info.normalization.std.to_string()),
@@ -204,6 +207,10 @@ pub fn load(path: &Path, input: Shape, spec: Option<&NetSpec>) -> Result<Checkpo
         step: parse_meta(path, metadata, "step")?,
         batch_size: parse_meta(path, metadata, "batch_size")?,
         lr: parse_meta(path, metadata, "lr")?,
+        lr_decay: match metadata.get("lr_decay") {
+            Some(_) => parse_meta(path, metadata, "lr_decay")?,
+            None => 1.0,
+        },
         momentum: parse_meta(path, metadata, "momentum")?,
         normalization: Normalization {
             mean: parse_meta(path, metadata, "normalize_mean")?,

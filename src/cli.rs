@@ -68,6 +68,10 @@ pub struct ModelArgs {
     /// SGD momentum, 0 for plain SGD [default: the preset's].
     #[arg(long)]
     pub momentum: Option<f32>,
+    /// Multiply the learning rate by this after every epoch, in (0, 1]; 1 keeps it constant
+    /// [default: the preset's].
+    #[arg(long)]
+    pub lr_decay: Option<f32>,
     /// Seed of the weight initialisation, the shuffles and the dropout masks [default: 1, or that of --resume].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -190,7 +194,7 @@ pub struct BenchArgs {
 }
 
 /// Training defaults for a spec that is not a preset.
-const CUSTOM_DEFAULTS: (usize, usize, f32, f32) = (3, 32, 0.05, 0.9);
+const CUSTOM_DEFAULTS: (usize, usize, f32, f32, f32) = (3, 32, 0.05, 0.9, 1.0);
 
 /// The network and training settings a `--model` value and the options resolve to.
 pub struct Resolved {
@@ -209,7 +213,7 @@ pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved
         Ok(p) => (
             p.name.to_string(),
             p.spec.to_string(),
-            (p.epochs, p.batch_size, p.lr, p.momentum),
+            (p.epochs, p.batch_size, p.lr, p.momentum, p.lr_decay),
         ),
         Err(_) if looks_like_spec => ("custom".to_string(), model.to_string(), CUSTOM_DEFAULTS),
         Err(e) => anyhow::bail!(e),
@@ -222,6 +226,7 @@ pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved
             lr: args.lr.unwrap_or(defaults.2),
             momentum: args.momentum.unwrap_or(defaults.3),
         },
+        lr_decay: args.lr_decay.unwrap_or(defaults.4),
         seed: args.seed.unwrap_or(1),
     };
     check_config(&config)?;
@@ -245,6 +250,11 @@ fn check_config(config: &TrainConfig) -> Result<()> {
         (0.0..1.0).contains(&config.sgd.momentum),
         "--momentum must be in [0, 1), not {}",
         config.sgd.momentum
+    );
+    anyhow::ensure!(
+        config.lr_decay > 0.0 && config.lr_decay <= 1.0,
+        "--lr-decay must be in (0, 1], not {}",
+        config.lr_decay
     );
     Ok(())
 }
@@ -342,12 +352,13 @@ pub fn run(cli: Cli) -> Result<()> {
             for p in PRESETS {
                 println!("{:<13} {}", p.name, p.description);
                 println!(
-                    "{:<13} spec {}  (epochs {}, batch size {}, lr {}, momentum {}, normalize {})",
+                    "{:<13} spec {}  (epochs {}, batch size {}, lr {}, lr decay {}, momentum {}, normalize {})",
                     "",
                     p.spec,
                     p.epochs,
                     p.batch_size,
                     p.lr,
+                    p.lr_decay,
                     p.momentum,
                     if p.standardize { "standard" } else { "unit" }
                 );
@@ -481,6 +492,7 @@ fn run_train(args: &TrainArgs) -> Result<()> {
                     lr: args.model.lr.unwrap_or(i.lr),
                     momentum: args.model.momentum.unwrap_or(i.momentum),
                 },
+                lr_decay: args.model.lr_decay.unwrap_or(i.lr_decay),
                 seed: args.model.seed.unwrap_or(i.seed),
             };
             check_config(&config)?;
@@ -532,8 +544,13 @@ fn run_train(args: &TrainArgs) -> Result<()> {
         test_set.len(),
         args.data.data.display()
     ));
+    let decay = if c.lr_decay == 1.0 {
+        String::new()
+    } else {
+        format!(" (x{} per epoch)", c.lr_decay)
+    };
     say(format!(
-        "training: epochs {first_epoch}..={}, batch size {}, lr {}, momentum {}, seed {}",
+        "training: epochs {first_epoch}..={}, batch size {}, lr {}{decay}, momentum {}, seed {}",
         c.epochs, c.batch_size, c.sgd.lr, c.sgd.momentum, c.seed
     ));
     if first_epoch > c.epochs {
@@ -585,6 +602,7 @@ fn run_train(args: &TrainArgs) -> Result<()> {
             batch_size: c.batch_size,
             lr: c.sgd.lr,
             momentum: c.sgd.momentum,
+            lr_decay: c.lr_decay,
             normalization: norm,
         },
         steps_per_epoch: steps_per_epoch as u64,

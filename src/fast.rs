@@ -1033,11 +1033,7 @@ impl FastCpu {
                         .zip(d_y.par_chunks(n))
                         .enumerate()
                         .for_each(|(sample, (dx, dy))| {
-                            let scale = 1.0 / (1.0 - p);
-                            for (j, (dx, &dy)) in dx.iter_mut().zip(dy).enumerate() {
-                                let keep = r::dropout_keep(p, seed, step, (sample * n + j) as u32);
-                                *dx = if keep { dy * scale } else { 0.0 };
-                            }
+                            dropout_mask(p, seed, step, sample * n, dy, dx)
                         });
                 }
             }
@@ -1098,6 +1094,22 @@ fn elementwise_backward(
         .for_each(|((dx, y), dy)| f(y, dy, dx));
 }
 
+crate::winograd::multiversion! {
+/// `out[j] = x[j] / (1 - p)` where the reference's dropout keeps element `first + j` of the
+/// batch tensor (`r::dropout_keep`), else 0: the forward pass (`x` the input) and the backward
+/// pass (`x` the output gradient) alike. The per-step part of the hash is computed once, and the
+/// loop vectorises (32-bit multiplies and a compare per element).
+pub fn dropout_mask(p: f32, seed: u32, step: u32, first: usize, x: &[f32], out: &mut [f32]) {
+    let base = r::hash_u32(r::hash_u32(seed) ^ step);
+    let scale = 1.0 / (1.0 - p);
+    for (j, (out, &x)) in out.iter_mut().zip(x).enumerate() {
+        let h = r::hash_u32(base ^ (first + j) as u32);
+        let keep = (h >> 8) as f32 * (1.0 / 16_777_216.0) >= p;
+        *out = if keep { x * scale } else { 0.0 };
+    }
+}
+}
+
 /// Training-time dropout with the reference's mask, element indices counted over the batch.
 fn dropout_apply(
     l: &ResolvedLayer,
@@ -1110,20 +1122,11 @@ fn dropout_apply(
 ) {
     let seed = dropout_seed(seed, l.index);
     let n = l.output.len();
-    let scale = 1.0 / (1.0 - p);
     y[..batch * n]
         .par_chunks_mut(n)
         .zip(x.par_chunks(n))
         .enumerate()
-        .for_each(|(sample, (y, x))| {
-            for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                *y = if r::dropout_keep(p, seed, step, (sample * n + j) as u32) {
-                    x * scale
-                } else {
-                    0.0
-                };
-            }
-        });
+        .for_each(|(sample, (y, x))| dropout_mask(p, seed, step, sample * n, x, y));
 }
 
 impl Executor for FastCpu {

@@ -288,6 +288,8 @@ pub struct Preset {
     pub batch_size: usize,
     pub lr: f32,
     pub momentum: f32,
+    /// The learning rate is multiplied by this after every epoch (1: constant).
+    pub lr_decay: f32,
     /// Input normalisation: pixels in [0, 1], or standardised with MNIST's mean and deviation.
     pub standardize: bool,
 }
@@ -296,12 +298,13 @@ pub struct Preset {
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "default",
-        spec: "conv32k3-relu-conv64k3-relu-maxpool2-dense128-relu-dense10",
-        description: "conv 32 -> ReLU -> conv 64 -> ReLU -> max pool 2 -> dense 128 -> ReLU -> dense 10; 99.03% on the full set in 6 epochs (seed 1)",
+        spec: "conv32k3-relu-conv64k3-relu-maxpool2-dropout0.25-dense128-relu-dropout0.5-dense10",
+        description: "conv 32 -> ReLU -> conv 64 -> ReLU -> max pool 2 -> dropout 0.25 -> dense 128 -> ReLU -> dropout 0.5 -> dense 10; 99.11% on the full set in 6 epochs (seed 1)",
         epochs: 6,
         batch_size: 64,
-        lr: 0.01,
+        lr: 0.02,
         momentum: 0.9,
+        lr_decay: 0.7,
         standardize: true,
     },
     Preset {
@@ -312,6 +315,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.05,
         momentum: 0.9,
+        lr_decay: 1.0,
         standardize: false,
     },
     Preset {
@@ -322,6 +326,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.01,
         momentum: 0.9,
+        lr_decay: 1.0,
         standardize: false,
     },
     Preset {
@@ -332,6 +337,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.01,
         momentum: 0.9,
+        lr_decay: 1.0,
         standardize: false,
     },
     Preset {
@@ -342,6 +348,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.05,
         momentum: 0.9,
+        lr_decay: 1.0,
         standardize: false,
     },
     Preset {
@@ -352,6 +359,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 1,
         lr: 0.005,
         momentum: 0.0,
+        lr_decay: 1.0,
         standardize: false,
     },
     Preset {
@@ -362,6 +370,7 @@ pub const PRESETS: &[Preset] = &[
         batch_size: 32,
         lr: 0.1,
         momentum: 0.9,
+        lr_decay: 1.0,
         standardize: false,
     },
 ];

@@ -15,8 +15,21 @@ use crate::executor::{Diverged, Executor, Metrics, Sgd};
 pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
+    /// The learning rate and momentum of the first epoch.
     pub sgd: Sgd,
+    /// The learning rate is multiplied by this after every epoch (1: constant).
+    pub lr_decay: f32,
     pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The SGD settings of `epoch` (1-based): `lr * lr_decay^(epoch - 1)`.
+    pub fn sgd_for_epoch(&self, epoch: usize) -> Sgd {
+        Sgd {
+            lr: self.sgd.lr * self.lr_decay.powi(epoch as i32 - 1),
+            ..self.sgd
+        }
+    }
 }
 
 /// What one epoch achieved.
@@ -139,13 +152,13 @@ pub fn train(
     for epoch in first_epoch..=config.epochs {
         let started = Instant::now();
         exec.begin_epoch(shuffler.next_epoch())?;
+        let sgd = config.sgd_for_epoch(epoch);
         let mut train = Metrics::default();
         for step_in_epoch in 0..steps_per_epoch {
             let start = step_in_epoch * config.batch_size;
             let len = config.batch_size.min(train_len - start);
             let step = ((epoch - 1) * steps_per_epoch + step_in_epoch) as u32;
-            exec.train_step(start, len, step, config.sgd)
-                .map_err(diverged)?;
+            exec.train_step(start, len, step, sgd).map_err(diverged)?;
             let done = step_in_epoch + 1;
             if progress_every > 0 && done % progress_every == 0 && done < steps_per_epoch {
                 add(&mut train, exec.take_train_metrics().map_err(diverged)?);

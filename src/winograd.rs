@@ -53,17 +53,18 @@ macro_rules! multiversion {
             fn avx2($($arg: $ty),*) {
                 imp($($arg),*)
             }
-            match Isa::detect() {
+            match $crate::winograd::Isa::detect() {
                 // SAFETY: `detect` found the features these functions are compiled for.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                $crate::winograd::Isa::Avx512 => unsafe { avx512($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => unsafe { avx2($($arg),*) },
+                $crate::winograd::Isa::Avx2Fma => unsafe { avx2($($arg),*) },
                 _ => imp($($arg),*),
             }
         }
     };
 }
+pub(crate) use multiversion;
 
 /// Points of a 4x4 tile: the number of matrix products per pass.
 pub const POINTS: usize = 16;

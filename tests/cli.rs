@@ -143,6 +143,13 @@ fn bad_options_and_data_give_clear_errors() {
     );
     let (_, stderr) = text(&wgcnn(&["train", "--momentum", "1.5"]));
     assert!(stderr.contains("--momentum must be in [0, 1)"), "{stderr}");
+    for bad in ["0", "1.5", "NaN"] {
+        let (_, stderr) = text(&wgcnn(&["train", "--lr-decay", bad]));
+        assert!(
+            stderr.contains(&format!("--lr-decay must be in (0, 1], not {bad}")),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
@@ -160,7 +167,9 @@ fn help_shows_the_defaults() {
     }
     let (stdout, _) = text(&wgcnn(&["presets"]));
     assert!(
-        stdout.contains("conv32k3-relu-conv64k3-relu-maxpool2-dense128-relu-dense10"),
+        stdout.contains(
+            "conv32k3-relu-conv64k3-relu-maxpool2-dropout0.25-dense128-relu-dropout0.5-dense10"
+        ) && stdout.contains("lr decay 0.7"),
         "{stdout}"
     );
 }

@@ -38,6 +38,7 @@ fn info(spec: &NetSpec, epoch: usize) -> CheckpointInfo {
         step: 10,
         batch_size: 16,
         lr: 0.05,
+        lr_decay: 0.8,
         momentum: 0.9,
         normalization: Normalization::UNIT,
     }
@@ -217,7 +218,10 @@ fn resuming_continues_exactly_where_the_run_stopped() {
         dir.path().join("a.safetensors"),
         dir.path().join("b.safetensors"),
     );
+    // With a decaying learning rate, which the checkpoint must carry for the resumed epoch.
     let common = [
+        "--lr-decay",
+        "0.5",
         "--model",
         "conv4k3-tanh-dropout0.3-dense10",
         "--limit-train",
