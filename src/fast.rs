@@ -332,7 +332,7 @@ pub fn conv2d_forward(
 }
 
 /// Weight (and bias) gradient from what the forward pass kept in `ws`, summed over the batch in
-/// [`REDUCE_CHUNKS`] chunks (in parallel), then over the chunks in order.
+/// `REDUCE_CHUNKS` chunks (in parallel), then over the chunks in order.
 /// - im2col: `d_weight += d_y_n * cols_n^T` per sample.
 /// - Winograd: `M[p] += Ĝ_n[p] * V_n[p]^T` per sample, with `Ĝ_n` the transformed output
 ///   gradient; then `d_weight = A₂ᵀ M A₂` once.
@@ -407,7 +407,7 @@ pub fn conv2d_backward_weight(
 }
 
 /// Input gradient; call after [`conv2d_backward_weight`] (the im2col path reuses the columns).
-/// - im2col: per sample, `dcols = weight^T * d_y`, then [`col2im`].
+/// - im2col: per sample, `dcols = weight^T * d_y`, then `col2im`.
 /// - Winograd: the forward algorithm on `d_y` padded by `2 - padding`, with the filters rotated
 ///   180° and their channel axes swapped.
 ///

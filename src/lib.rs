@@ -6,18 +6,18 @@
 //! - [`spec`]: the layer catalogue, the network spec language and the named presets.
 //! - [`network`]: a spec resolved for an input shape: shapes, parameters (PyTorch names and
 //!   layouts), seeded initialisation.
-//! - [`reference`]: every layer's forward and backward pass as plain loops: the specification.
+//! - [`reference`](mod@reference): every layer's forward and backward pass as plain loops: the specification.
 //! - [`executor`]: the trait an executor implements to train and evaluate a network on a device.
-//! - [`cpu`]: the CPU reference executor, built from [`reference`].
+//! - [`cpu`]: the CPU reference executor, built from [`reference`](mod@reference).
 //! - [`fast`]: the fast CPU executor: Winograd or im2col convolutions over all cores, checked
-//!   against [`reference`].
+//!   against [`reference`](mod@reference).
 //! - [`winograd`]: Winograd F(2x2, 3x3) transforms for the fast executor's 3x3 convolutions.
 //! - [`gpu`]: the GPU executor: the same network run by the WGSL kernels in `shaders/`.
 //! - [`train`]: the training loop, shared by every executor.
 //! - [`checkpoint`]: safetensors checkpoints PyTorch can read; atomic writes.
 //! - [`predict`]: a user's picture of a digit made to look like MNIST.
 //! - [`plot`]: training curves, confusion matrix and mistakes as PNG.
-//! - [`bench`]: the training benchmark behind `wgcnn bench`.
+//! - [`bench`](mod@bench): the training benchmark behind `wgcnn bench`.
 //! - [`cli`]: the command line.
 
 pub mod bench;

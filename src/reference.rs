@@ -251,7 +251,7 @@ pub fn max_pool2d_forward<T: Float>(s: &Pool2dShape, input: &[T], output: &mut [
 }
 
 /// Each window's output gradient goes to exactly one input: its first maximum (see
-/// [`max_pool_argmax`]), even when several inputs tie. Overlapping windows add up.
+/// `max_pool_argmax`), even when several inputs tie. Overlapping windows add up.
 pub fn max_pool2d_backward<T: Float>(
     s: &Pool2dShape,
     input: &[T],

@@ -6,7 +6,8 @@
 //! instead of 36: transform the patch (`V = Bᵀ d B`) and the filter (`U = G g Gᵀ`), multiply them
 //! point by point, transform back (`Y = Aᵀ (U ⊙ V) A`). Summed over input channels, the point-wise
 //! products become 16 independent matrix products, `M[p] = U[p] · V[p]` for the 16 points `p`,
-//! which SGEMM does at full speed: 2.25x fewer multiplications than im2col + SGEMM.
+//! which a matrix-product kernel does at full speed: 2.25x fewer multiplications than im2col +
+//! SGEMM.
 //!
 //! - Forward: `V` of every input tile, `M[p] = U[p] (out x in) · V[p] (in x tiles)`, then `Aᵀ M A`.
 //! - Input gradient: the same, on the output gradient padded by `2 - padding`, with each filter
@@ -26,11 +27,15 @@
 //! `tests/fast_cpu.rs`. In f32 the transforms add rounding of a few ULP of the largest partial
 //! sums; F(2x2, 3x3) is the variant with the smallest error (larger tiles amplify it).
 //!
-//! Layouts (row-major, tiles numbered `ty * tiles_x + tx`, tile rows padded to a multiple of 16):
-//! `V`, `M` and the input-gradient tensors are `[16][channels][tiles]`; `U` is `[16][out][in]`
-//! (`[16][in][out]` for the input gradient); the transformed output gradient is
-//! `[16][tiles][out]`, so that every product is [`gemm`]'s `c = a · b` with a row of `b` as a
-//! vector: no packing, no transposes.
+//! Layouts (row-major; tiles numbered `ty * (tiles_x + 1) + tx` over a [`Grid`] with one spare
+//! tile per row, rows of tiles padded to a multiple of 16): `V`, `M` and the input-gradient
+//! tensors are `[16][channels][tiles]`; `U` is `[16][out][in]` (`[16][in][out]` for the input
+//! gradient); the transformed output gradient is `[16][tiles][out]` (computed channel by channel,
+//! then transposed). Every product is then [`gemm`]'s `c = a · b` with a row of `b` as a vector,
+//! so nothing is packed.
+//!
+//! The transforms and the product are compiled for AVX-512, AVX2+FMA and plain targets
+//! (`multiversion!`, [`Isa`]) and the best the CPU has is used; `WGCNN_CPU_ISA` caps it.
 
 use crate::reference::Conv2dShape;
 
