@@ -1,12 +1,20 @@
-//! The fast CPU executor: the same layers as [`crate::reference`], computed with im2col + SGEMM
-//! (`matrixmultiply`), spread over all cores with `rayon`, into buffers allocated once per run.
-//! It is held to the reference by `tests/fast_cpu.rs`, op by op and over training trajectories.
+//! The fast CPU executor: the same layers as [`crate::reference`], spread over all cores with
+//! `rayon`, into buffers allocated once per run. It is held to the reference by
+//! `tests/fast_cpu.rs`, op by op and over training trajectories.
 //!
-//! Layouts are the reference's (NCHW, PyTorch parameter layouts). A convolution keeps the im2col
-//! matrix of each sample, `[in * k * k, out_h * out_w]`, from the forward pass for the weight
-//! gradient, then reuses the same memory for the input gradient's columns. Weight gradients are
-//! summed over a fixed number of batch chunks (not one per thread), so results do not depend on
-//! how many cores there are.
+//! - 3x3 stride-1 convolutions with at least 4 input channels: Winograd ([`crate::winograd`]).
+//!   The forward pass keeps each sample's input transform for the weight gradient.
+//! - Other convolutions: im2col + SGEMM (`matrixmultiply`). The forward pass keeps each sample's
+//!   im2col matrix, `[in * k * k, out_h * out_w]`, for the weight gradient, then the input
+//!   gradient reuses that memory for its columns.
+//! - Dense layers: the forward pass as `W x^T` with [`winograd::gemm`], the gradients with SGEMM.
+//! - A ReLU after a convolution is applied by the convolution; a ReLU before a convolution, dense
+//!   or max-pool layer has its backward pass applied by that layer's input gradient. The ReLU
+//!   layer itself then only hands its buffer on, as a flatten does.
+//!
+//! Layouts are the reference's (NCHW, PyTorch parameter layouts). Weight gradients are summed over
+//! a fixed number of batch chunks (not one per thread), so results do not depend on how many cores
+//! there are.
 
 use std::time::Instant;
 
