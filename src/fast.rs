@@ -342,8 +342,8 @@ pub fn conv2d_forward(
 /// Weight (and bias) gradient from what the forward pass kept in `ws`, summed over the batch in
 /// `REDUCE_CHUNKS` chunks (in parallel), then over the chunks in order.
 /// - im2col: `d_weight += d_y_n * cols_n^T` per sample.
-/// - Winograd: `M[p] += Ĝ_n[p] * V_n[p]^T` per sample, with `Ĝ_n` the transformed output
-///   gradient; then `d_weight = A₂ᵀ M A₂` once.
+/// - Winograd: `M[p] (in x out) += V_n[p] (in x tiles) * Ĝ_n[p] (tiles x out)` per sample, with
+///   `Ĝ_n` the transformed output gradient; then `d_weight = A₂ᵀ M A₂` once.
 pub fn conv2d_backward_weight(
     s: &Conv2dShape,
     d_output: &[f32],
