@@ -6,7 +6,7 @@ use anyhow::Result;
 use num_traits::Float;
 
 use crate::data::{Dataset, Normalization, Split, IMAGE_PIXELS};
-use crate::executor::{Diverged, Executor, Metrics, Sgd};
+use crate::executor::{check_tensors, Diverged, Executor, Metrics, Sgd};
 use crate::network::{dropout_seed, Network};
 use crate::reference as r;
 use crate::spec::{Layer, Loss};
@@ -258,21 +258,7 @@ impl Executor for CpuReference {
     }
 
     fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
-        for (info, p) in self.net.params.iter().zip(params) {
-            anyhow::ensure!(
-                p.len() == info.len(),
-                "parameter {}: {} values, expected {}",
-                info.name,
-                p.len(),
-                info.len()
-            );
-        }
-        anyhow::ensure!(
-            params.len() == self.net.params.len(),
-            "{} parameter tensors, expected {}",
-            params.len(),
-            self.net.params.len()
-        );
+        check_tensors(&self.net, "parameter", params)?;
         self.params = params.to_vec();
         self.velocity.iter_mut().for_each(|v| v.fill(0.0));
         Ok(())
@@ -287,14 +273,7 @@ impl Executor for CpuReference {
     }
 
     fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
-        anyhow::ensure!(
-            momentum.len() == self.velocity.len()
-                && momentum
-                    .iter()
-                    .zip(&self.velocity)
-                    .all(|(m, v)| m.len() == v.len()),
-            "momentum buffers do not fit the network"
-        );
+        check_tensors(&self.net, "momentum", momentum)?;
         self.velocity = momentum.to_vec();
         Ok(())
     }

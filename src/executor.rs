@@ -79,3 +79,25 @@ pub trait Executor {
     /// Loss and accuracy over a whole split, dropout off, parameters unchanged.
     fn evaluate(&mut self, split: Split) -> Result<Metrics>;
 }
+
+/// Check that `tensors` (parameters, or momentum: `what` names them in errors) has one tensor per
+/// parameter of `net`, each of its length. Every executor's `set_parameters` and `set_momentum`
+/// start here.
+pub fn check_tensors(net: &Network, what: &str, tensors: &[Vec<f32>]) -> Result<()> {
+    anyhow::ensure!(
+        tensors.len() == net.params.len(),
+        "{} {what} tensors, expected {}",
+        tensors.len(),
+        net.params.len()
+    );
+    for (info, t) in net.params.iter().zip(tensors) {
+        anyhow::ensure!(
+            t.len() == info.len(),
+            "{what} {}: {} values, expected {}",
+            info.name,
+            t.len(),
+            info.len()
+        );
+    }
+    Ok(())
+}

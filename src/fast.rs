@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{loss_backward_into, loss_forward};
 use crate::data::{Dataset, Normalization, Split, IMAGE_PIXELS};
-use crate::executor::{Diverged, Executor, Metrics, Sgd};
+use crate::executor::{check_tensors, Diverged, Executor, Metrics, Sgd};
 use crate::network::{dropout_seed, Network, ResolvedLayer};
 use crate::reference::{self as r, Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::Layer;
@@ -918,17 +918,10 @@ impl FastCpu {
         for (i, l) in self.net.layers.iter().enumerate() {
             let started = Instant::now();
             let fused_relu = i > 0 && self.relu_after[i - 1];
-            if let Layer::Flatten = l.layer {
-                // The same values in the same order: hand the buffer on rather than copy it
-                // (the backward pass hands it back).
-                self.acts.swap(i, i + 1);
-                if dropout.is_some() {
-                    record(&mut self.profile, i, started);
-                }
-                continue;
-            }
-            if fused_relu {
-                // The convolution before has applied this ReLU already.
+            if fused_relu || matches!(l.layer, Layer::Flatten) {
+                // Same values as the input (a flatten), or already computed (a ReLU applied by
+                // the convolution before): hand the buffer on rather than copy it. The backward
+                // pass hands a flatten's back, since the layer before may need its output.
                 self.acts.swap(i, i + 1);
                 if dropout.is_some() {
                     record(&mut self.profile, i, started);
@@ -964,7 +957,7 @@ impl FastCpu {
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_forward(&l.pool_shape(batch), x, y),
                 Layer::Flatten => unreachable!("handled above"),
-                Layer::Relu => per_sample(l.output.len(), batch, x, y, relu_forward),
+                Layer::Relu => per_sample(l.output.len(), batch, x, y, r::relu_forward),
                 Layer::Tanh => per_sample(l.output.len(), batch, x, y, r::tanh_forward),
                 Layer::Sigmoid => per_sample(l.output.len(), batch, x, y, r::sigmoid_forward),
                 Layer::Dropout { p } => match dropout {
@@ -1031,7 +1024,7 @@ impl FastCpu {
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_backward(&l.pool_shape(batch), d_y, d_x),
                 Layer::Flatten => unreachable!("handled above"),
-                Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, relu_backward),
+                Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, r::relu_backward),
                 Layer::Tanh => elementwise_backward(l, batch, y, d_y, d_x, r::tanh_backward),
                 Layer::Sigmoid => elementwise_backward(l, batch, y, d_y, d_x, r::sigmoid_backward),
                 Layer::Dropout { p } => {
@@ -1047,28 +1040,6 @@ impl FastCpu {
             }
             record(&mut self.profile, layers + i, started);
         }
-    }
-}
-
-/// [`r::relu_forward`], written so that it vectorises.
-fn relu_forward(x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = if x > 0.0 { x } else { 0.0 };
-    }
-}
-
-/// [`r::relu_backward`], written so that it vectorises.
-fn relu_backward(y: &[f32], d_y: &[f32], d_x: &mut [f32]) {
-    for ((d_x, &y), &d_y) in d_x.iter_mut().zip(y).zip(d_y) {
-        *d_x = if y > 0.0 { d_y } else { 0.0 };
-    }
-}
-
-/// [`r::sgd_update`], written so that it vectorises.
-fn sgd_update(lr: f32, momentum: f32, param: &mut [f32], grad: &[f32], velocity: &mut [f32]) {
-    for ((p, &g), v) in param.iter_mut().zip(grad).zip(velocity.iter_mut()) {
-        *v = momentum * *v + g;
-        *p -= lr * *v;
     }
 }
 
@@ -1155,20 +1126,8 @@ impl Executor for FastCpu {
     }
 
     fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
-        anyhow::ensure!(
-            params.len() == self.params.len(),
-            "{} parameter tensors, expected {}",
-            params.len(),
-            self.params.len()
-        );
-        for ((info, p), mine) in self.net.params.iter().zip(params).zip(&mut self.params) {
-            anyhow::ensure!(
-                p.len() == info.len(),
-                "parameter {}: {} values, expected {}",
-                info.name,
-                p.len(),
-                info.len()
-            );
+        check_tensors(&self.net, "parameter", params)?;
+        for (mine, p) in self.params.iter_mut().zip(params) {
             mine.copy_from_slice(p);
         }
         self.velocity.iter_mut().for_each(|v| v.fill(0.0));
@@ -1184,14 +1143,7 @@ impl Executor for FastCpu {
     }
 
     fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
-        anyhow::ensure!(
-            momentum.len() == self.velocity.len()
-                && momentum
-                    .iter()
-                    .zip(&self.velocity)
-                    .all(|(m, v)| m.len() == v.len()),
-            "momentum buffers do not fit the network"
-        );
+        check_tensors(&self.net, "momentum", momentum)?;
         for (v, m) in self.velocity.iter_mut().zip(momentum) {
             v.copy_from_slice(m);
         }
@@ -1269,7 +1221,7 @@ impl Executor for FastCpu {
             p.par_chunks_mut(PIECE)
                 .zip(g.par_chunks(PIECE))
                 .zip(v.par_chunks_mut(PIECE))
-                .for_each(|((p, g), v)| sgd_update(lr, momentum, p, g, v));
+                .for_each(|((p, g), v)| r::sgd_update(lr, momentum, p, g, v));
         }
         record(&mut self.profile, 2 * layers + 2, started);
         self.metrics.loss_sum += loss as f64 * len as f64;

@@ -403,12 +403,8 @@ pub fn relu_forward<T: Float>(input: &[T], output: &mut [T]) {
 
 /// The gradient passes where the output is positive (that is, where the input was).
 pub fn relu_backward<T: Float>(output: &[T], d_output: &[T], d_input: &mut [T]) {
-    for i in 0..output.len() {
-        d_input[i] = if output[i] > T::zero() {
-            d_output[i]
-        } else {
-            T::zero()
-        };
+    for ((d_x, &y), &d_y) in d_input.iter_mut().zip(output).zip(d_output) {
+        *d_x = if y > T::zero() { d_y } else { T::zero() };
     }
 }
 
@@ -650,8 +646,8 @@ pub fn count_correct<T: Float>(classes: usize, logits: &[T], labels: &[u8]) -> u
 /// SGD with momentum, as PyTorch's `torch.optim.SGD` (no dampening, no Nesterov):
 /// `velocity = momentum * velocity + grad; param -= lr * velocity`. With momentum 0 this is plain SGD.
 pub fn sgd_update<T: Float>(lr: T, momentum: T, param: &mut [T], grad: &[T], velocity: &mut [T]) {
-    for i in 0..param.len() {
-        velocity[i] = momentum * velocity[i] + grad[i];
-        param[i] = param[i] - lr * velocity[i];
+    for ((p, &g), v) in param.iter_mut().zip(grad).zip(velocity.iter_mut()) {
+        *v = momentum * *v + g;
+        *p = *p - lr * *v;
     }
 }

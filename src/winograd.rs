@@ -427,6 +427,7 @@ pub fn gradient_transform(
 /// AVX-512, whole blocks in registers: sixteen loads, 64 shuffles, sixteen stores).
 pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    #[cfg(target_arch = "x86_64")]
     let avx512 = Isa::detect() == Isa::Avx512;
     for i0 in (0..rows).step_by(16) {
         for j0 in (0..cols).step_by(16) {
@@ -451,7 +452,6 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
             }
         }
     }
-    let _ = avx512;
 }
 
 /// One 16 x 16 block: rows interleaved by 32 bits, then 64, then 128-bit lanes twice; output row

@@ -21,7 +21,7 @@ pub use context::{AdapterChoice, Gpu};
 pub use kernels::Kernels;
 
 use crate::data::{Dataset, Normalization, Split, IMAGE_PIXELS};
-use crate::executor::{Diverged, Executor, Metrics, Sgd};
+use crate::executor::{check_tensors, Diverged, Executor, Metrics, Sgd};
 use crate::network::{dropout_seed, Network};
 use crate::spec::Layer;
 use kernels::{Work, METRICS_WORDS};
@@ -677,13 +677,7 @@ impl Executor for GpuExecutor {
     }
 
     fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
-        if params.len() != self.net.params.len() {
-            bail!(
-                "{} parameter tensors, expected {}",
-                params.len(),
-                self.net.params.len()
-            );
-        }
+        check_tensors(&self.net, "parameter", params)?;
         for ((info, p), (buffer, velocity)) in self
             .net
             .params
@@ -691,14 +685,6 @@ impl Executor for GpuExecutor {
             .zip(params)
             .zip(self.params.iter().zip(&self.velocity))
         {
-            if p.len() != info.len() {
-                bail!(
-                    "parameter {}: {} values, expected {}",
-                    info.name,
-                    p.len(),
-                    info.len()
-                );
-            }
             self.gpu
                 .queue
                 .write_buffer(buffer, 0, bytemuck::cast_slice(p));
@@ -730,22 +716,8 @@ impl Executor for GpuExecutor {
     }
 
     fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
-        if momentum.len() != self.velocity.len() {
-            bail!(
-                "{} momentum tensors, expected {}",
-                momentum.len(),
-                self.velocity.len()
-            );
-        }
-        for ((info, m), buffer) in self.net.params.iter().zip(momentum).zip(&self.velocity) {
-            if m.len() != info.len() {
-                bail!(
-                    "momentum of {}: {} values, expected {}",
-                    info.name,
-                    m.len(),
-                    info.len()
-                );
-            }
+        check_tensors(&self.net, "momentum", momentum)?;
+        for (m, buffer) in momentum.iter().zip(&self.velocity) {
             self.gpu
                 .queue
                 .write_buffer(buffer, 0, bytemuck::cast_slice(m));
