@@ -5,6 +5,9 @@
 //! blocks and with fused multiply-adds (AVX2/AVX-512), the reference sequentially, so sums of n
 //! products differ by ~sqrt(n) ULP of their magnitude. The largest sums here have ~3600 terms
 //! of magnitude <= 1: 1e-4 absolute covers them; a wrong index or a missing tap is off by 1e-1.
+//! Winograd adds a few ULP of its transforms' partial sums (each a sum of at most 16 inputs or
+//! products times 1/2 or 1/4), well inside the same bound; a 0.1% error in one transform
+//! coefficient fails it (checked by mutation).
 
 mod common;
 
