@@ -4,8 +4,8 @@
 struct ElementDims { per_sample: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
 struct Step { batch: u32, step: u32, start: u32, training: u32 }
 
-@group(0) @binding(0) var<uniform> dims: ElementDims;
-@group(0) @binding(1) var<uniform> run: Step;
+@group(0) @binding(0) var<storage, read> dims: ElementDims;
+@group(0) @binding(1) var<storage, read> run: Step;
 @group(0) @binding(2) var<storage, read> input: array<f32>;         // [N * per_sample]
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;  // [N * per_sample]
 @group(0) @binding(4) var<storage, read> d_output: array<f32>;

@@ -5,8 +5,8 @@
 struct BatchDims { pixels: u32, sequential: u32, mean: f32, deviation: f32 } // sequential: 1 = images start.., 0 = order[start..]
 struct Step { batch: u32, step: u32, start: u32, training: u32 }
 
-@group(0) @binding(0) var<uniform> dims: BatchDims;
-@group(0) @binding(1) var<uniform> run: Step;
+@group(0) @binding(0) var<storage, read> dims: BatchDims;
+@group(0) @binding(1) var<storage, read> run: Step;
 @group(0) @binding(2) var<storage, read> images: array<u32>;          // [images * pixels] u8, packed
 @group(0) @binding(3) var<storage, read> labels: array<u32>;          // [images]
 @group(0) @binding(4) var<storage, read> order: array<u32>;           // this epoch's shuffle

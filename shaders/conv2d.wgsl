@@ -13,8 +13,8 @@ struct ConvDims {
 }
 struct Step { batch: u32, step: u32, start: u32, training: u32 }
 
-@group(0) @binding(0) var<uniform> dims: ConvDims;
-@group(0) @binding(1) var<uniform> run: Step;                 // run.batch = N
+@group(0) @binding(0) var<storage, read> dims: ConvDims;
+@group(0) @binding(1) var<storage, read> run: Step;                 // run.batch = N
 @group(0) @binding(2) var<storage, read> input: array<f32>;          // [N, in, H, W]
 @group(0) @binding(3) var<storage, read> weight: array<f32>;         // [out, in, k, k]
 @group(0) @binding(4) var<storage, read> bias: array<f32>;           // [out]

@@ -5,8 +5,8 @@
 struct DropoutDims { per_sample: u32, p: f32, seed: u32, _pad0: u32 }
 struct Step { batch: u32, step: u32, start: u32, training: u32 }
 
-@group(0) @binding(0) var<uniform> dims: DropoutDims;
-@group(0) @binding(1) var<uniform> run: Step;                       // run.step seeds the mask
+@group(0) @binding(0) var<storage, read> dims: DropoutDims;
+@group(0) @binding(1) var<storage, read> run: Step;                       // run.step seeds the mask
 @group(0) @binding(2) var<storage, read> input: array<f32>;         // [N * per_sample]
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 @group(0) @binding(4) var<storage, read> d_output: array<f32>;

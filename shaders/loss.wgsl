@@ -20,8 +20,8 @@ struct Metrics {
     _pad0: u32, _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> dims: LossDims;
-@group(0) @binding(1) var<uniform> run: Step;
+@group(0) @binding(0) var<storage, read> dims: LossDims;
+@group(0) @binding(1) var<storage, read> run: Step;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;            // [N, classes]
 @group(0) @binding(3) var<storage, read> labels: array<u32>;            // [N]
 @group(0) @binding(4) var<storage, read_write> d_logits: array<f32>;    // [N, classes]

@@ -10,8 +10,8 @@ struct PoolDims {
 }
 struct Step { batch: u32, step: u32, start: u32, training: u32 }
 
-@group(0) @binding(0) var<uniform> dims: PoolDims;
-@group(0) @binding(1) var<uniform> run: Step;
+@group(0) @binding(0) var<storage, read> dims: PoolDims;          // the shape, as the constants below
+@group(0) @binding(1) var<storage, read> run: Step;
 @group(0) @binding(2) var<storage, read> input: array<f32>;         // [N, C, H, W]
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;  // [N, C, OH, OW]
 @group(0) @binding(4) var<storage, read> d_output: array<f32>;      // [N, C, OH, OW]
@@ -19,13 +19,29 @@ struct Step { batch: u32, step: u32, start: u32, training: u32 }
 
 const WG: u32 = 64u;
 
+// The layer's shape, set per layer at pipeline creation, so that index arithmetic folds to
+// constants (binding 0 holds the same numbers for reference; no entry point reads it).
+override CHANNELS: u32 = 1u;
+override IN_H: u32 = 1u;
+override IN_W: u32 = 1u;
+override OUT_H: u32 = 1u;
+override OUT_W: u32 = 1u;
+override WINDOW: u32 = 1u;
+override STRIDE: u32 = 1u;
+// Whether the layer before is a ReLU whose backward pass this kernel applies (the ReLU then runs
+// no backward kernel): where the input, that ReLU's output, is not positive the gradient is 0.
+override RELU_MASK: bool = false;
+// Window-sized tiles covering the input, edges included.
+override TILES_H: u32 = (IN_H + WINDOW - 1u) / WINDOW;
+override TILES_W: u32 = (IN_W + WINDOW - 1u) / WINDOW;
+
 // Flat input index of the first maximum of window (oy, ox) in plane `plane` (= n * C + c).
 fn window_argmax(plane: u32, oy: u32, ox: u32) -> u32 {
-    let base = plane * dims.in_height * dims.in_width;
-    var best = base + oy * dims.stride * dims.in_width + ox * dims.stride;
-    for (var wy = 0u; wy < dims.window; wy++) {
-        for (var wx = 0u; wx < dims.window; wx++) {
-            let i = base + (oy * dims.stride + wy) * dims.in_width + ox * dims.stride + wx;
+    let base = plane * IN_H * IN_W;
+    var best = base + oy * STRIDE * IN_W + ox * STRIDE;
+    for (var wy = 0u; wy < WINDOW; wy++) {
+        for (var wx = 0u; wx < WINDOW; wx++) {
+            let i = base + (oy * STRIDE + wy) * IN_W + ox * STRIDE + wx;
             if (input[i] > input[best]) { best = i; }
         }
     }
@@ -35,52 +51,52 @@ fn window_argmax(plane: u32, oy: u32, ox: u32) -> u32 {
 @compute @workgroup_size(64)
 fn max_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = gid.x + gid.y * groups.x * WG;
-    let out_plane = dims.out_height * dims.out_width;
-    if (index >= run.batch * dims.channels * out_plane) { return; }
-    let ox = index % dims.out_width;
-    let oy = (index / dims.out_width) % dims.out_height;
+    let out_plane = OUT_H * OUT_W;
+    if (index >= run.batch * CHANNELS * out_plane) { return; }
+    let ox = index % OUT_W;
+    let oy = (index / OUT_W) % OUT_H;
     output[index] = input[window_argmax(index / out_plane, oy, ox)];
 }
 
 @compute @workgroup_size(64)
 fn avg_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = gid.x + gid.y * groups.x * WG;
-    let out_plane = dims.out_height * dims.out_width;
-    if (index >= run.batch * dims.channels * out_plane) { return; }
-    let ox = index % dims.out_width;
-    let oy = (index / dims.out_width) % dims.out_height;
-    let base = (index / out_plane) * dims.in_height * dims.in_width;
+    let out_plane = OUT_H * OUT_W;
+    if (index >= run.batch * CHANNELS * out_plane) { return; }
+    let ox = index % OUT_W;
+    let oy = (index / OUT_W) % OUT_H;
+    let base = (index / out_plane) * IN_H * IN_W;
     var sum = 0.0;
-    for (var wy = 0u; wy < dims.window; wy++) {
-        for (var wx = 0u; wx < dims.window; wx++) {
-            sum += input[base + (oy * dims.stride + wy) * dims.in_width + ox * dims.stride + wx];
+    for (var wy = 0u; wy < WINDOW; wy++) {
+        for (var wx = 0u; wx < WINDOW; wx++) {
+            sum += input[base + (oy * STRIDE + wy) * IN_W + ox * STRIDE + wx];
         }
     }
-    output[index] = sum / f32(dims.window * dims.window);
+    output[index] = sum / f32(WINDOW * WINDOW);
 }
 
 // The range of window rows (or columns) whose window covers input row (or column) `pos`:
 // oy * stride <= pos < oy * stride + window, clipped to [0, out_size).
 fn covering(pos: u32, out_size: u32) -> vec2<u32> {
     var first = 0u;
-    if (pos + 1u > dims.window) { first = (pos + 1u - dims.window + dims.stride - 1u) / dims.stride; }
-    let last = min(pos / dims.stride + 1u, out_size); // exclusive
+    if (pos + 1u > WINDOW) { first = (pos + 1u - WINDOW + STRIDE - 1u) / STRIDE; }
+    let last = min(pos / STRIDE + 1u, out_size); // exclusive
     return vec2<u32>(first, last);
 }
 
 @compute @workgroup_size(64)
 fn max_pool2d_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = gid.x + gid.y * groups.x * WG;
-    let in_plane = dims.in_height * dims.in_width;
-    if (index >= run.batch * dims.channels * in_plane) { return; }
+    let in_plane = IN_H * IN_W;
+    if (index >= run.batch * CHANNELS * in_plane) { return; }
     let plane = index / in_plane;
-    let rows = covering((index % in_plane) / dims.in_width, dims.out_height);
-    let cols = covering(index % dims.in_width, dims.out_width);
+    let rows = covering((index % in_plane) / IN_W, OUT_H);
+    let cols = covering(index % IN_W, OUT_W);
     var sum = 0.0;
     for (var oy = rows.x; oy < rows.y; oy++) {
         for (var ox = cols.x; ox < cols.y; ox++) {
             if (window_argmax(plane, oy, ox) == index) {
-                sum += d_output[(plane * dims.out_height + oy) * dims.out_width + ox];
+                sum += d_output[(plane * OUT_H + oy) * OUT_W + ox];
             }
         }
     }
@@ -90,17 +106,53 @@ fn max_pool2d_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
 @compute @workgroup_size(64)
 fn avg_pool2d_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = gid.x + gid.y * groups.x * WG;
-    let in_plane = dims.in_height * dims.in_width;
-    if (index >= run.batch * dims.channels * in_plane) { return; }
+    let in_plane = IN_H * IN_W;
+    if (index >= run.batch * CHANNELS * in_plane) { return; }
     let plane = index / in_plane;
-    let rows = covering((index % in_plane) / dims.in_width, dims.out_height);
-    let cols = covering(index % dims.in_width, dims.out_width);
-    let count = f32(dims.window * dims.window);
+    let rows = covering((index % in_plane) / IN_W, OUT_H);
+    let cols = covering(index % IN_W, OUT_W);
+    let count = f32(WINDOW * WINDOW);
     var sum = 0.0;
     for (var oy = rows.x; oy < rows.y; oy++) {
         for (var ox = cols.x; ox < cols.y; ox++) {
-            sum += d_output[(plane * dims.out_height + oy) * dims.out_width + ox] / count;
+            sum += d_output[(plane * OUT_H + oy) * OUT_W + ox] / count;
         }
     }
     d_input[index] = sum;
+}
+
+// Max pooling backward when windows do not overlap (stride == window, the usual 2x2 pooling): one
+// invocation per window-sized tile of the input writes the whole tile, the window's gradient at its
+// first maximum and 0 elsewhere (tiles past the last window, at the bottom and right edges, are
+// all 0). Each input is written once: no scattered adds, no search over covering windows, and a
+// quarter of the invocations of max_pool2d_backward for 2x2 windows.
+@compute @workgroup_size(64)
+fn max_pool2d_backward_disjoint(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let tile = gid.x + gid.y * groups.x * WG;
+    if (tile >= run.batch * CHANNELS * TILES_H * TILES_W) { return; }
+    let tx = tile % TILES_W;
+    let ty = (tile / TILES_W) % TILES_H;
+    let plane = tile / (TILES_W * TILES_H);
+    let base = plane * IN_H * IN_W + ty * WINDOW * IN_W + tx * WINDOW;
+    let window = ty < OUT_H && tx < OUT_W;
+    var best = base;
+    var gradient = 0.0;
+    if (window) {
+        for (var wy = 0u; wy < WINDOW; wy++) {
+            for (var wx = 0u; wx < WINDOW; wx++) {
+                let i = base + wy * IN_W + wx;
+                if (input[i] > input[best]) { best = i; }
+            }
+        }
+        gradient = d_output[(plane * OUT_H + ty) * OUT_W + tx];
+        if (RELU_MASK && !(input[best] > 0.0)) { gradient = 0.0; }
+    }
+    for (var wy = 0u; wy < WINDOW; wy++) {
+        if (ty * WINDOW + wy >= IN_H) { break; }
+        for (var wx = 0u; wx < WINDOW; wx++) {
+            if (tx * WINDOW + wx >= IN_W) { break; }
+            let i = base + wy * IN_W + wx;
+            d_input[i] = select(0.0, gradient, i == best && window);
+        }
+    }
 }

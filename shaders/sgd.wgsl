@@ -4,7 +4,7 @@
 
 struct SgdDims { len: u32, lr: f32, momentum: f32, _pad0: u32 }
 
-@group(0) @binding(0) var<uniform> dims: SgdDims;
+@group(0) @binding(0) var<storage, read> dims: SgdDims;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 @group(0) @binding(3) var<storage, read_write> velocity: array<f32>;

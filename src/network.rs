@@ -8,7 +8,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::reference::{Conv2dShape, DenseShape, Pool2dShape};
+use crate::ops::{Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::{Layer, Loss, NetSpec};
 
 /// The shape of one sample: channels, height, width (a flat vector is `[n, 1, 1]`).

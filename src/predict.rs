@@ -125,9 +125,6 @@ pub fn probabilities(loss: crate::spec::Loss, logits: &[f32]) -> Vec<f32> {
             let sum: f32 = exps.iter().sum();
             exps.iter().map(|e| e / sum).collect()
         }
-        _ => logits
-            .iter()
-            .map(|&z| crate::reference::sigmoid(z))
-            .collect(),
+        _ => logits.iter().map(|&z| crate::ops::sigmoid(z)).collect(),
     }
 }

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::Split;
-use crate::executor::{Diverged, Executor, Metrics, Sgd};
+use crate::exec::{Diverged, Executor, Metrics, Sgd};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainConfig {

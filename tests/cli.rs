@@ -177,7 +177,7 @@ fn help_shows_the_defaults() {
 /// Whether a GPU adapter can be opened here; without one (and without WGCNN_REQUIRE_GPU=1) the
 /// GPU command-line test skips, saying so.
 fn gpu_available() -> bool {
-    match wgcnn::gpu::Gpu::new(&wgcnn::gpu::AdapterChoice::default()) {
+    match wgcnn::exec::gpu::Gpu::new(&wgcnn::exec::gpu::AdapterChoice::default()) {
         Ok(_) => true,
         Err(e) => {
             assert!(

@@ -14,12 +14,12 @@ mod common;
 use common::assert_close;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use wgcnn::cpu::CpuReference;
 use wgcnn::data::{load_split, Normalization, Split};
-use wgcnn::executor::{Executor, Sgd};
-use wgcnn::fast::{self, FastCpu};
+use wgcnn::exec::fast::{kernels as fast, FastCpu};
+use wgcnn::exec::reference::CpuReference;
+use wgcnn::exec::{Executor, Sgd};
 use wgcnn::network::{Network, Shape};
-use wgcnn::reference::*;
+use wgcnn::ops::*;
 use wgcnn::spec::NetSpec;
 
 const TOL: (f32, f32) = (1e-4, 1e-4);

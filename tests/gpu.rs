@@ -17,14 +17,15 @@ use std::sync::{Arc, OnceLock};
 use common::assert_close;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use wgcnn::cpu::{loss_backward, loss_forward, CpuReference};
 use wgcnn::data::{load_split, Dataset, Normalization, Split, IMAGE_PIXELS};
-use wgcnn::executor::{Executor, Sgd};
-use wgcnn::gpu::ops::Ops;
-use wgcnn::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
+use wgcnn::exec::gpu::ops::Ops;
+use wgcnn::exec::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
+use wgcnn::exec::reference::CpuReference;
+use wgcnn::exec::{Executor, Sgd};
 use wgcnn::network::{Network, Shape};
-use wgcnn::reference::*;
-use wgcnn::spec::{Loss, NetSpec};
+use wgcnn::ops::*;
+use wgcnn::ops::{loss_backward, loss_forward};
+use wgcnn::spec::{Layer, Loss, NetSpec};
 
 /// Sums of products in a different order: relative error grows like sqrt(terms) * 6e-8; with a few
 /// hundred terms of magnitude <= 1 that stays under 1e-5 absolute. A wrong index is off by 1e-1.
@@ -249,10 +250,10 @@ fn dense_matches_the_cpu_reference() {
 fn activations_match_the_cpu_reference_even_for_huge_inputs() {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     type Pair = (fn(&[f32], &mut [f32]), fn(&[f32], &[f32], &mut [f32]));
-    let ops_cpu: [(&str, Pair); 3] = [
-        ("relu", (relu_forward, relu_backward)),
-        ("tanh", (tanh_forward, tanh_backward)),
-        ("sigmoid", (sigmoid_forward, sigmoid_backward)),
+    let ops_cpu: [(Layer, Pair); 3] = [
+        (Layer::Relu, (relu_forward, relu_backward)),
+        (Layer::Tanh, (tanh_forward, tanh_backward)),
+        (Layer::Sigmoid, (sigmoid_forward, sigmoid_backward)),
     ];
     for (grid, ops) in op_runners() {
         for (batch, per_sample) in [(1, 1), (3, 1001), (64, 130)] {
@@ -264,7 +265,7 @@ fn activations_match_the_cpu_reference_even_for_huge_inputs() {
             }
             let d_out = random(&mut rng, x.len(), 1.0);
             for (name, (forward, backward)) in ops_cpu {
-                let (y_gpu, dx_gpu) = ops.activation(name, batch, &x, &d_out).unwrap();
+                let (y_gpu, dx_gpu) = ops.activation(&name, batch, &x, &d_out).unwrap();
                 let mut y = vec![0.0; x.len()];
                 forward(&x, &mut y);
                 let mut dx = vec![0.0; x.len()];
@@ -425,7 +426,7 @@ fn sgd_and_batch_gathering_match_the_cpu_reference() {
                 } else {
                     order[start..start + batch].to_vec()
                 };
-                let (x_cpu, l_cpu) = wgcnn::cpu::gather_batch(&data, &indices, norm);
+                let (x_cpu, l_cpu) = wgcnn::ops::gather_batch(&data, &indices, norm);
                 // One division by 255 and one by the deviation: a few ULP.
                 close(
                     &format!("gather {norm:?} sequential {sequential} ({grid})"),
@@ -458,10 +459,10 @@ fn a_dispatch_larger_than_65535_workgroups_uses_a_2d_grid() {
         stride: 1,
         padding: 0,
     };
-    let threads = s.batch * wgcnn::gpu::kernels::conv_forward_threads_per_sample(&s);
+    let threads = s.batch * wgcnn::exec::gpu::kernels::conv_forward_threads_per_sample(&s);
     let (x_groups, y_groups) = d
         .kernels
-        .grid(wgcnn::gpu::kernels::Work::Threads(threads as u32));
+        .grid(wgcnn::exec::gpu::kernels::Work::Threads(threads as u32));
     assert!(y_groups > 1, "grid {x_groups} x {y_groups}");
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let x = random(&mut rng, s.input_len(), 1.0);
@@ -481,7 +482,7 @@ fn a_dispatch_larger_than_65535_workgroups_uses_a_2d_grid() {
         LINEAR,
     );
     // 17.8M elements: 278,850 workgroups.
-    let (relu_gpu, _) = ops.activation("relu", 1100, &y, &d_out).unwrap();
+    let (relu_gpu, _) = ops.activation(&Layer::Relu, 1100, &y, &d_out).unwrap();
     let mut relu = vec![0.0; y.len()];
     relu_forward(&y, &mut relu);
     close("relu, 17.8M elements", &relu_gpu, &relu, LINEAR);

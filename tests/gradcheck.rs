@@ -11,9 +11,10 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use wgcnn::cpu::{loss_backward, loss_forward, network_backward, network_forward};
+use wgcnn::exec::reference::{network_backward, network_forward};
 use wgcnn::network::{Network, Shape};
-use wgcnn::reference::*;
+use wgcnn::ops::*;
+use wgcnn::ops::{loss_backward, loss_forward};
 use wgcnn::spec::{Loss, NetSpec};
 
 const EPS: f64 = 1e-6;

@@ -8,9 +8,9 @@ mod common;
 use common::{text, wgcnn};
 use image::{GrayImage, Luma};
 use wgcnn::checkpoint::{self, CheckpointInfo};
-use wgcnn::cpu::CpuReference;
 use wgcnn::data::{load_split, Dataset, Normalization, Split};
-use wgcnn::executor::{Executor, Sgd};
+use wgcnn::exec::reference::CpuReference;
+use wgcnn::exec::{Executor, Sgd};
 use wgcnn::network::{Network, Shape};
 use wgcnn::spec::NetSpec;
 
@@ -438,7 +438,7 @@ fn predict_reads_pictures_of_any_kind_like_the_test_digit() {
             .iter()
             .map(|&p| Normalization::UNIT.apply(p))
             .collect();
-        let logits = wgcnn::cpu::network_forward(&ck.network, &ck.params, x, 1, None)
+        let logits = wgcnn::exec::reference::network_forward(&ck.network, &ck.params, x, 1, None)
             .pop()
             .unwrap();
         let (expected, confidence) =

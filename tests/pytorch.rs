@@ -9,11 +9,12 @@
 mod common;
 
 use common::{assert_close, Fixture};
-use wgcnn::cpu::{loss_backward, loss_forward, CpuReference};
 use wgcnn::data::{Dataset, Normalization};
-use wgcnn::executor::{Executor, Sgd};
+use wgcnn::exec::reference::CpuReference;
+use wgcnn::exec::{Executor, Sgd};
 use wgcnn::network::{Network, Shape};
-use wgcnn::reference::*;
+use wgcnn::ops::*;
+use wgcnn::ops::{loss_backward, loss_forward};
 use wgcnn::spec::{Loss, NetSpec};
 
 const ATOL: f32 = 5e-5;
@@ -257,7 +258,7 @@ fn training_steps_match_pytorch() {
 
         // Gradients of the first step, before any update.
         let order: Vec<u32> = (0..batch as u32).collect();
-        let (images, labels) = wgcnn::cpu::gather_batch(&data, &order, Normalization::UNIT);
+        let (images, labels) = wgcnn::ops::gather_batch(&data, &order, Normalization::UNIT);
         let (_, _, grads) = exec.forward_backward(images, &labels, 0);
         for (p, g) in net.params.iter().zip(&grads) {
             close(

@@ -1,7 +1,21 @@
 //! The seam between a model and the hardware that runs it. A [`crate::network::Network`] says what
 //! to compute; an [`Executor`] owns the data, the parameters and the optimizer state on its device
-//! and runs training steps and evaluation. The training loop (`crate::train`) only talks to this
-//! trait, so the CPU reference and the GPU executor share one model definition and one loop.
+//! and runs training steps and evaluation. The training loop (`crate::train`) and the benchmark
+//! only talk to this trait, so every executor shares one model definition and one loop.
+//!
+//! The executors, one folder each:
+//! - [`reference`]: the plain loops of [`crate::ops`] run as written, one thread: the specification.
+//! - [`fast`]: the fast CPU executor (Winograd, SGEMM, rayon), checked against the reference.
+//! - [`gpu`]: the WGSL kernels of `shaders/` through wgpu; [`gpu::plan`] lists each layer's
+//!   dispatches once, for the executor and the op tests alike.
+//!
+//! [`host`] holds what the two CPU executors keep alike on the host (parameters, momentum, data,
+//! epoch order, metrics).
+
+pub mod fast;
+pub mod gpu;
+pub mod host;
+pub mod reference;
 
 use anyhow::Result;
 
@@ -41,6 +55,18 @@ pub struct Diverged {
     pub loss: f32,
 }
 
+/// One line of a per-op profile of training steps: what ran, how often, for how long in all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileEntry {
+    pub name: String,
+    pub calls: u32,
+    pub seconds: f64,
+    /// Floating-point operations and bytes moved at the least over all calls, where the
+    /// executor knows them (0 where it does not).
+    pub flops: f64,
+    pub bytes: f64,
+}
+
 /// Runs one network's training and evaluation on some device.
 pub trait Executor {
     /// What it runs on, for reports: e.g. "CPU reference" or "llvmpipe (Vulkan, Cpu)".
@@ -78,6 +104,24 @@ pub trait Executor {
 
     /// Loss and accuracy over a whole split, dropout off, parameters unchanged.
     fn evaluate(&mut self, split: Split) -> Result<Metrics>;
+
+    /// From now on, time every op of each training step (see [`Executor::profile`]). The steps
+    /// compute exactly what they compute without profiling. An executor without a per-op
+    /// profile says so.
+    fn enable_profiling(&mut self) -> Result<()> {
+        anyhow::bail!("{} has no per-op profile", self.device())
+    }
+
+    /// The profile since [`Executor::enable_profiling`], in the order of a training step; empty
+    /// when profiling is off.
+    fn profile(&self) -> Vec<ProfileEntry> {
+        Vec::new()
+    }
+
+    /// How the profile was taken, for its heading (e.g. "each kernel on its own, with a wait").
+    fn profile_method(&self) -> String {
+        String::new()
+    }
 }
 
 /// Check that `tensors` (parameters, or momentum: `what` names them in errors) has one tensor per

@@ -2,21 +2,24 @@
 //! `include_str!`, every pipeline built once at start and looked up by entry-point name.
 //!
 //! Each file has one explicit bind-group layout shared by all its entry points (binding 0 is the
-//! op's dimensions, binding 1 the per-step uniform where the op uses it), so a layer needs one
+//! op's dimensions, binding 1 the per-step words where the op uses it), so a layer needs one
 //! bind group per file whatever pass runs. The `*_dims` functions here are the only place that
-//! turns shapes into those uniforms, for the executor and the op tests alike.
+//! turns shapes into those words, for the executor and the op tests alike.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Result};
 
-use crate::gpu::context::Gpu;
-use crate::reference::{Conv2dShape, DenseShape, Pool2dShape};
+use crate::exec::gpu::context::Gpu;
+use crate::ops::{Conv2dShape, DenseShape, Pool2dShape};
 
 /// How a binding is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    Uniform,
+    /// Dimensions or per-step words: a small read-only storage buffer ([`Gpu::constants`] says
+    /// why not a uniform buffer).
+    Constants,
     Read,
     ReadWrite,
 }
@@ -32,21 +35,21 @@ pub struct ShaderFile {
 
 /// conv2d and dense: dims, step, input, weight, bias, output, d_output, d_input, d_weight, d_bias.
 const LAYER_WITH_PARAMS: &[Access] = &[
-    Uniform, Uniform, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite,
+    Constants, Constants, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite,
 ];
 /// pool, activation, dropout: dims, step, input, output, d_output, d_input.
-const LAYER_WITHOUT_PARAMS: &[Access] = &[Uniform, Uniform, Read, ReadWrite, Read, ReadWrite];
+const LAYER_WITHOUT_PARAMS: &[Access] = &[Constants, Constants, Read, ReadWrite, Read, ReadWrite];
 
 pub const SHADERS: &[ShaderFile] = &[
     ShaderFile {
         name: "batch",
-        source: include_str!("../../shaders/batch.wgsl"),
-        bindings: &[Uniform, Uniform, Read, Read, Read, ReadWrite, ReadWrite],
+        source: include_str!("../../../shaders/batch.wgsl"),
+        bindings: &[Constants, Constants, Read, Read, Read, ReadWrite, ReadWrite],
         entry_points: &["gather_batch"],
     },
     ShaderFile {
         name: "conv2d",
-        source: include_str!("../../shaders/conv2d.wgsl"),
+        source: include_str!("../../../shaders/conv2d.wgsl"),
         bindings: LAYER_WITH_PARAMS,
         entry_points: &[
             "conv2d_forward",
@@ -57,18 +60,19 @@ pub const SHADERS: &[ShaderFile] = &[
     },
     ShaderFile {
         name: "pool",
-        source: include_str!("../../shaders/pool.wgsl"),
+        source: include_str!("../../../shaders/pool.wgsl"),
         bindings: LAYER_WITHOUT_PARAMS,
         entry_points: &[
             "max_pool2d_forward",
             "max_pool2d_backward",
+            "max_pool2d_backward_disjoint",
             "avg_pool2d_forward",
             "avg_pool2d_backward",
         ],
     },
     ShaderFile {
         name: "dense",
-        source: include_str!("../../shaders/dense.wgsl"),
+        source: include_str!("../../../shaders/dense.wgsl"),
         bindings: LAYER_WITH_PARAMS,
         entry_points: &[
             "dense_forward",
@@ -79,7 +83,7 @@ pub const SHADERS: &[ShaderFile] = &[
     },
     ShaderFile {
         name: "activation",
-        source: include_str!("../../shaders/activation.wgsl"),
+        source: include_str!("../../../shaders/activation.wgsl"),
         bindings: LAYER_WITHOUT_PARAMS,
         entry_points: &[
             "relu_forward",
@@ -92,22 +96,22 @@ pub const SHADERS: &[ShaderFile] = &[
     },
     ShaderFile {
         name: "dropout",
-        source: include_str!("../../shaders/dropout.wgsl"),
+        source: include_str!("../../../shaders/dropout.wgsl"),
         bindings: LAYER_WITHOUT_PARAMS,
         entry_points: &["dropout_forward", "dropout_backward"],
     },
     ShaderFile {
         name: "loss",
-        source: include_str!("../../shaders/loss.wgsl"),
+        source: include_str!("../../../shaders/loss.wgsl"),
         bindings: &[
-            Uniform, Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
+            Constants, Constants, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
         ],
         entry_points: &["loss_forward_backward", "accumulate_metrics"],
     },
     ShaderFile {
         name: "sgd",
-        source: include_str!("../../shaders/sgd.wgsl"),
-        bindings: &[Uniform, ReadWrite, Read, ReadWrite],
+        source: include_str!("../../../shaders/sgd.wgsl"),
+        bindings: &[Constants, ReadWrite, Read, ReadWrite],
         entry_points: &["sgd_update"],
     },
 ];
@@ -124,17 +128,26 @@ pub enum Work {
     Groups(u32),
 }
 
-/// Every pipeline and layout, built once.
+/// A pipeline's override constants: `(name, value)` pairs, the same for every entry point of an
+/// op (its shape, where the shader specialises on it).
+pub type Constants = [(&'static str, f64)];
+
+/// Every shader module and bind-group layout, built once at start (so a WGSL error shows at once),
+/// and the pipelines, built on first use for each (entry point, override constants) and kept.
 pub struct Kernels {
-    layouts: HashMap<&'static str, wgpu::BindGroupLayout>,
-    pipelines: HashMap<&'static str, (&'static str, wgpu::ComputePipeline)>,
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    layouts: HashMap<&'static str, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    /// Which file each entry point is in.
+    files: HashMap<&'static str, &'static str>,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     max_groups_per_dimension: u32,
 }
 
 impl Kernels {
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
+        let mut modules = HashMap::new();
         let mut layouts = HashMap::new();
-        let mut pipelines = HashMap::new();
+        let mut files = HashMap::new();
         for file in SHADERS {
             let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let module = gpu
@@ -152,8 +165,9 @@ impl Kernels {
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
                         ty: match access {
-                            Uniform => wgpu::BufferBindingType::Uniform,
-                            Read => wgpu::BufferBindingType::Storage { read_only: true },
+                            Constants | Read => {
+                                wgpu::BufferBindingType::Storage { read_only: true }
+                            }
                             ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                         },
                         has_dynamic_offset: false,
@@ -175,33 +189,63 @@ impl Kernels {
                         bind_group_layouts: &[Some(&layout)],
                         immediate_size: 0,
                     });
-            for &entry in file.entry_points {
-                let pipeline =
-                    gpu.device
-                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                            label: Some(entry),
-                            layout: Some(&pipeline_layout),
-                            module: &module,
-                            entry_point: Some(entry),
-                            compilation_options: Default::default(),
-                            cache: None,
-                        });
-                pipelines.insert(entry, (file.name, pipeline));
-            }
             if let Some(e) = pollster::block_on(scope.pop()) {
-                return Err(anyhow!(
-                    "building the pipelines of shaders/{}.wgsl: {e}",
-                    file.name
-                ));
+                return Err(anyhow!("compiling shaders/{}.wgsl: {e}", file.name));
             }
-            layouts.insert(file.name, layout);
+            for &entry in file.entry_points {
+                files.insert(entry, file.name);
+            }
+            modules.insert(file.name, module);
+            layouts.insert(file.name, (layout, pipeline_layout));
         }
-        gpu.check("building the pipelines")?;
+        gpu.check("compiling the shaders")?;
         Ok(Kernels {
+            modules,
             layouts,
-            pipelines,
+            files,
+            pipelines: Mutex::default(),
             max_groups_per_dimension: gpu.limits.max_compute_workgroups_per_dimension,
         })
+    }
+
+    /// The pipeline of `entry` specialised with `constants`, built the first time it is asked for.
+    pub fn pipeline(
+        &self,
+        gpu: &Gpu,
+        entry: &str,
+        constants: &Constants,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = format!("{entry}{constants:?}");
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let file = *self
+            .files
+            .get(entry)
+            .ok_or_else(|| anyhow!("no shader has an entry point {entry}"))?;
+        let values: Vec<(&str, f64)> = constants.to_vec();
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = gpu
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&self.layouts[file].1),
+                module: &self.modules[file],
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &values,
+                    ..Default::default()
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(anyhow!(
+                "building the pipeline {entry} of shaders/{file}.wgsl with {constants:?}: {e}"
+            ));
+        }
+        let pipeline = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        Ok(pipeline)
     }
 
     /// Use at most `n` workgroups per grid dimension (never more than the device allows). Tests
@@ -218,7 +262,7 @@ impl Kernels {
         label: &str,
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
-        let layout = &self.layouts[file];
+        let layout = &self.layouts[file].0;
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -232,14 +276,6 @@ impl Kernels {
             layout,
             entries: &entries,
         })
-    }
-
-    pub fn pipeline(&self, entry: &str) -> &wgpu::ComputePipeline {
-        &self
-            .pipelines
-            .get(entry)
-            .unwrap_or_else(|| panic!("no entry point {entry}"))
-            .1
     }
 
     /// The grid for `work`: at most `max_compute_workgroups_per_dimension` (65535) workgroups in x,
@@ -257,12 +293,12 @@ impl Kernels {
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass<'_>,
-        entry: &str,
+        pipeline: &wgpu::ComputePipeline,
         bind_group: &wgpu::BindGroup,
         work: Work,
     ) {
         let (x, y) = self.grid(work);
-        pass.set_pipeline(self.pipeline(entry));
+        pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(x, y, 1);
     }
@@ -276,7 +312,7 @@ pub fn conv_forward_threads_per_sample(s: &Conv2dShape) -> usize {
     s.out_channels.div_ceil(CONV_OUT_PER_THREAD) * s.out_height() * s.out_width()
 }
 
-/// The per-step uniform every layer kernel reads: `Step { batch, step, start, training }`.
+/// The per-step words every layer kernel reads: `Step { batch, step, start, training }`.
 pub fn step_words(batch: usize, step: u32, start: usize, training: bool) -> [u32; 4] {
     [batch as u32, step, start as u32, training as u32]
 }

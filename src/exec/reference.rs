@@ -1,15 +1,16 @@
 //! The CPU reference executor: runs a [`Network`] layer by layer with the plain loops of
-//! [`crate::reference`]. [`network_forward`] and [`network_backward`] are generic over the float
+//! [`crate::ops`]. [`network_forward`] and [`network_backward`] are generic over the float
 //! type, so the same code trains in f32 and checks gradients in f64.
 
 use anyhow::Result;
 use num_traits::Float;
 
-use crate::data::{Dataset, Normalization, Split, IMAGE_PIXELS};
-use crate::executor::{check_tensors, Diverged, Executor, Metrics, Sgd};
+use super::host::{delegate_to_host, HostState};
+use super::{Diverged, Executor, Metrics, Sgd};
+use crate::data::{Dataset, Normalization, Split};
 use crate::network::{dropout_seed, Network};
-use crate::reference as r;
-use crate::spec::{Layer, Loss};
+use crate::ops::{self as r, gather_batch, loss_backward, loss_forward};
+use crate::spec::Layer;
 
 /// Dropout state of one pass: `None` at evaluation (dropout is the identity), else the run seed
 /// and the global step number.
@@ -60,47 +61,6 @@ pub fn network_forward<T: Float>(
         activations.push(y);
     }
     activations
-}
-
-/// The batch-mean loss of the logits.
-pub fn loss_forward<T: Float>(loss: Loss, classes: usize, logits: &[T], labels: &[u8]) -> T {
-    match loss {
-        Loss::SoftmaxCrossEntropy => r::softmax_cross_entropy_forward(classes, logits, labels),
-        Loss::SigmoidBinaryCrossEntropy => {
-            r::sigmoid_binary_cross_entropy_forward(classes, logits, labels)
-        }
-        Loss::SigmoidMeanSquaredError => {
-            r::sigmoid_mean_squared_error_forward(classes, logits, labels)
-        }
-    }
-}
-
-/// The gradient of the batch-mean loss with respect to the logits.
-pub fn loss_backward<T: Float>(loss: Loss, classes: usize, logits: &[T], labels: &[u8]) -> Vec<T> {
-    let mut d_logits = vec![T::zero(); logits.len()];
-    loss_backward_into(loss, classes, logits, labels, &mut d_logits);
-    d_logits
-}
-
-/// [`loss_backward`] into a buffer the caller owns.
-pub fn loss_backward_into<T: Float>(
-    loss: Loss,
-    classes: usize,
-    logits: &[T],
-    labels: &[u8],
-    d_logits: &mut [T],
-) {
-    match loss {
-        Loss::SoftmaxCrossEntropy => {
-            r::softmax_cross_entropy_backward(classes, logits, labels, d_logits)
-        }
-        Loss::SigmoidBinaryCrossEntropy => {
-            r::sigmoid_binary_cross_entropy_backward(classes, logits, labels, d_logits)
-        }
-        Loss::SigmoidMeanSquaredError => {
-            r::sigmoid_mean_squared_error_backward(classes, logits, labels, d_logits)
-        }
-    }
 }
 
 /// Backward through every layer, from the gradient of the loss with respect to the logits.
@@ -171,28 +131,9 @@ pub fn network_backward<T: Float>(
     grads
 }
 
-/// The normalised images `indices` of `data`, as one NCHW batch.
-pub fn gather_batch(data: &Dataset, indices: &[u32], norm: Normalization) -> (Vec<f32>, Vec<u8>) {
-    let mut images = Vec::with_capacity(indices.len() * IMAGE_PIXELS);
-    let mut labels = Vec::with_capacity(indices.len());
-    for &i in indices {
-        images.extend(data.image(i as usize).iter().map(|&p| norm.apply(p)));
-        labels.push(data.labels[i as usize]);
-    }
-    (images, labels)
-}
-
 /// The CPU reference executor: the specification, run as it is written.
 pub struct CpuReference {
-    net: Network,
-    params: Vec<Vec<f32>>,
-    velocity: Vec<Vec<f32>>,
-    train: Dataset,
-    test: Dataset,
-    norm: Normalization,
-    seed: u64,
-    order: Vec<u32>,
-    metrics: Metrics,
+    host: HostState,
 }
 
 /// Evaluation runs in batches of this many images (any size gives the same answer).
@@ -207,17 +148,8 @@ impl CpuReference {
         norm: Normalization,
         seed: u64,
     ) -> Self {
-        let velocity = params.iter().map(|p| vec![0.0; p.len()]).collect();
         CpuReference {
-            net,
-            params,
-            velocity,
-            train,
-            test,
-            norm,
-            seed,
-            order: Vec::new(),
-            metrics: Metrics::default(),
+            host: HostState::new(net, params, train, test, norm, seed),
         }
     }
 
@@ -228,22 +160,16 @@ impl CpuReference {
         labels: &[u8],
         step: u32,
     ) -> (f32, usize, Vec<Vec<f32>>) {
+        let (net, params) = (&self.host.net, &self.host.params);
         let batch = labels.len();
-        let dropout = Some((self.seed, step));
-        let activations = network_forward(&self.net, &self.params, images, batch, dropout);
+        let dropout = Some((self.host.seed, step));
+        let activations = network_forward(net, params, images, batch, dropout);
         let logits = activations.last().unwrap();
-        let classes = self.net.classes();
-        let loss = loss_forward(self.net.loss(), classes, logits, labels);
+        let classes = net.classes();
+        let loss = loss_forward(net.loss(), classes, logits, labels);
         let correct = r::count_correct(classes, logits, labels);
-        let d_logits = loss_backward(self.net.loss(), classes, logits, labels);
-        let grads = network_backward(
-            &self.net,
-            &self.params,
-            &activations,
-            d_logits,
-            batch,
-            dropout,
-        );
+        let d_logits = loss_backward(net.loss(), classes, logits, labels);
+        let grads = network_backward(net, params, &activations, d_logits, batch, dropout);
         (loss, correct, grads)
     }
 }
@@ -253,81 +179,47 @@ impl Executor for CpuReference {
         "CPU reference (plain loops, one thread)".to_string()
     }
 
-    fn network(&self) -> &Network {
-        &self.net
-    }
-
-    fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
-        check_tensors(&self.net, "parameter", params)?;
-        self.params = params.to_vec();
-        self.velocity.iter_mut().for_each(|v| v.fill(0.0));
-        Ok(())
-    }
-
-    fn parameters(&mut self) -> Result<Vec<Vec<f32>>> {
-        Ok(self.params.clone())
-    }
-
-    fn momentum(&mut self) -> Result<Vec<Vec<f32>>> {
-        Ok(self.velocity.clone())
-    }
-
-    fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
-        check_tensors(&self.net, "momentum", momentum)?;
-        self.velocity = momentum.to_vec();
-        Ok(())
-    }
+    delegate_to_host!();
 
     fn test_logits(&mut self) -> Result<Vec<f32>> {
-        let mut logits = Vec::with_capacity(self.test.len() * self.net.classes());
-        let all: Vec<u32> = (0..self.test.len() as u32).collect();
+        let h = &self.host;
+        let mut logits = Vec::with_capacity(h.test.len() * h.net.classes());
+        let all: Vec<u32> = (0..h.test.len() as u32).collect();
         for chunk in all.chunks(EVAL_BATCH) {
-            let (images, _) = gather_batch(&self.test, chunk, self.norm);
-            let activations = network_forward(&self.net, &self.params, images, chunk.len(), None);
+            let (images, _) = gather_batch(&h.test, chunk, h.norm);
+            let activations = network_forward(&h.net, &h.params, images, chunk.len(), None);
             logits.extend_from_slice(activations.last().unwrap());
         }
         Ok(logits)
     }
 
-    fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
-        self.order = order.to_vec();
-        Ok(())
-    }
-
     fn train_step(&mut self, start: usize, len: usize, step: u32, sgd: Sgd) -> Result<()> {
-        let (images, labels) =
-            gather_batch(&self.train, &self.order[start..start + len], self.norm);
+        let h = &self.host;
+        let (images, labels) = gather_batch(&h.train, &h.order[start..start + len], h.norm);
         let (loss, correct, grads) = self.forward_backward(images, &labels, step);
         if !loss.is_finite() {
             return Err(Diverged { step, loss }.into());
         }
-        for ((p, g), v) in self.params.iter_mut().zip(&grads).zip(&mut self.velocity) {
+        let h = &mut self.host;
+        for ((p, g), v) in h.params.iter_mut().zip(&grads).zip(&mut h.velocity) {
             r::sgd_update(sgd.lr, sgd.momentum, p, g, v);
         }
-        self.metrics.loss_sum += loss as f64 * len as f64;
-        self.metrics.correct += correct as u64;
-        self.metrics.count += len as u64;
+        h.add_step(loss, correct, len);
         Ok(())
     }
 
-    fn take_train_metrics(&mut self) -> Result<Metrics> {
-        Ok(std::mem::take(&mut self.metrics))
-    }
-
     fn evaluate(&mut self, split: Split) -> Result<Metrics> {
-        let data = match split {
-            Split::Train => &self.train,
-            Split::Test => &self.test,
-        };
+        let h = &self.host;
+        let data = h.data(split);
         let mut metrics = Metrics::default();
         let all: Vec<u32> = (0..data.len() as u32).collect();
         for chunk in all.chunks(EVAL_BATCH) {
-            let (images, labels) = gather_batch(data, chunk, self.norm);
-            let activations = network_forward(&self.net, &self.params, images, chunk.len(), None);
+            let (images, labels) = gather_batch(data, chunk, h.norm);
+            let activations = network_forward(&h.net, &h.params, images, chunk.len(), None);
             let logits = activations.last().unwrap();
-            let loss = loss_forward(self.net.loss(), self.net.classes(), logits, &labels);
+            let loss = loss_forward(h.net.loss(), h.net.classes(), logits, &labels);
             metrics.loss_sum += loss as f64 * chunk.len() as f64;
-            metrics.correct += r::count_correct(self.net.classes(), logits, &labels) as u64;
+            metrics.correct += r::count_correct(h.net.classes(), logits, &labels) as u64;
             metrics.count += chunk.len() as u64;
         }
         Ok(metrics)

@@ -3,7 +3,7 @@
 //!
 //! Everything lives on the GPU for the whole run: both data sets (as u8), the activations and
 //! their gradients, the parameters, gradients and momentum, allocated once when the executor is
-//! made. A training step writes one 16-byte uniform (batch size, step, offset into this epoch's
+//! made. A training step writes 16 bytes of per-step words (batch size, step, offset into this epoch's
 //! order), then encodes a fixed list of dispatches (gather the batch, forward, loss, backward,
 //! SGD, accumulate metrics) and submits it. Loss and accuracy accumulate on the GPU and are read
 //! back only when asked for (once per epoch, or every N steps for progress).
@@ -11,6 +11,7 @@
 pub mod context;
 pub mod kernels;
 pub mod ops;
+pub mod plan;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,10 +22,10 @@ pub use context::{AdapterChoice, Gpu};
 pub use kernels::Kernels;
 
 use crate::data::{Dataset, Normalization, Split, IMAGE_PIXELS};
-use crate::executor::{check_tensors, Diverged, Executor, Metrics, Sgd};
-use crate::network::{dropout_seed, Network};
+use crate::exec::{check_tensors, Diverged, Executor, Metrics, ProfileEntry, Sgd};
+use crate::network::Network;
 use crate::spec::Layer;
-use kernels::{Work, METRICS_WORDS};
+use kernels::METRICS_WORDS;
 
 /// How many test images an evaluation step takes at most (less where the GPU's storage-binding
 /// limit says so).
@@ -32,20 +33,27 @@ const EVAL_BATCH: usize = 256;
 /// Steps in flight before the host waits for the oldest: bounds the queue without stalling it.
 const MAX_IN_FLIGHT: usize = 16;
 
-/// How big a dispatch is, given the batch.
-#[derive(Debug, Clone, Copy)]
-enum Size {
-    /// One invocation per element of a per-sample tensor of this many elements.
-    PerSample(usize),
-    Threads(usize),
-    Groups(usize),
+/// Per-dispatch timings of training steps, and the GPU timer when the device has one.
+struct Profile {
+    entries: Vec<ProfileEntry>,
+    timer: Option<Timer>,
 }
 
-/// One dispatch of a plan: which entry point, with which bind group, how big.
-struct Dispatch {
-    entry: &'static str,
+/// Timestamp queries around every dispatch of a training step: written on the GPU, resolved into
+/// a buffer and read back once per step.
+struct Timer {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period_ns: f64,
+}
+
+/// A dispatch of the training or evaluation plan, with its pipeline and the bind group it runs
+/// with.
+struct Planned {
+    dispatch: plan::Dispatch,
+    pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: usize,
-    size: Size,
 }
 
 pub struct GpuExecutor {
@@ -56,21 +64,21 @@ pub struct GpuExecutor {
     eval_batch: usize,
     train_len: usize,
     test_len: usize,
-    step_uniform: wgpu::Buffer,
+    step_words: wgpu::Buffer,
     order: wgpu::Buffer,
     params: Vec<wgpu::Buffer>,
     velocity: Vec<wgpu::Buffer>,
-    sgd_uniforms: Vec<wgpu::Buffer>,
+    sgd_constants: Vec<wgpu::Buffer>,
     sgd: Option<Sgd>,
     train_metrics: wgpu::Buffer,
     eval_metrics: wgpu::Buffer,
     logits: wgpu::Buffer,
     bind_groups: Vec<wgpu::BindGroup>,
-    train_plan: Vec<Dispatch>,
-    eval_plan: Vec<Dispatch>,
+    train_plan: Vec<Planned>,
+    eval_plan: Vec<Planned>,
     in_flight: VecDeque<wgpu::SubmissionIndex>,
-    /// When set, every dispatch of a training step runs alone and is timed (see [`GpuExecutor::profile`]).
-    profile: Option<Vec<(&'static str, u32, f64)>>,
+    /// When set, every dispatch of a training step is timed (see [`Executor::enable_profiling`]).
+    profile: Option<Profile>,
 }
 
 fn pack_labels(labels: &[u8]) -> Vec<u32> {
@@ -133,7 +141,7 @@ impl GpuExecutor {
             bytemuck::cast_slice(&pack_labels(&test.labels)),
         );
         let order = g.storage("epoch order", 4 * train.len() as u64);
-        let step_uniform = g.uniform("step", &[0; 4]);
+        let step_words = g.constants("step", &[0; 4]);
 
         // Activations (for the largest batch) and their gradients (for the training batch).
         // Flatten is a reshape: its output aliases its input, its gradient likewise.
@@ -154,7 +162,10 @@ impl GpuExecutor {
         d_acts[layers.len()] = Some(g.storage("d_logits", 4 * (capacity * classes) as u64));
         for (i, l) in layers.iter().enumerate().rev().filter(|(i, _)| *i > 0) {
             d_acts[i] = Some(match l.layer {
+                // A flatten's gradient is its output's; so is a ReLU's whose backward pass the
+                // next layer applies.
                 Layer::Flatten => d_acts[i + 1].clone().unwrap(),
+                _ if plan::relu_mask_fused(layers, i) => d_acts[i + 1].clone().unwrap(),
                 _ => g.storage(
                     &format!("layer {} d_input", l.index),
                     4 * (batch_size * l.input.len()) as u64,
@@ -182,11 +193,11 @@ impl GpuExecutor {
             .iter()
             .map(|info| g.storage(&format!("velocity {}", info.name), 4 * info.len() as u64))
             .collect();
-        let sgd_uniforms: Vec<wgpu::Buffer> = net
+        let sgd_constants: Vec<wgpu::Buffer> = net
             .params
             .iter()
             .map(|info| {
-                g.uniform(
+                g.constants(
                     &format!("sgd {}", info.name),
                     &kernels::sgd_dims(info.len(), 0.0, 0.0),
                 )
@@ -205,311 +216,117 @@ impl GpuExecutor {
             bytemuck::cast_slice(&kernels::metrics_zero()),
         );
 
+        // Every op's bind group; the training and evaluation plans refer to them by index.
         let k = &*kernels;
         let mut bind_groups = Vec::new();
-        let mut add = |bg: wgpu::BindGroup| {
-            bind_groups.push(bg);
-            bind_groups.len() - 1
-        };
         let mut train_plan = Vec::new();
         let mut eval_plan = Vec::new();
+        let mut bind = |op: &plan::OpPlan, label: &str, buffers: &[&wgpu::Buffer]| {
+            let dims = g.constants(&format!("{label} dims"), &op.dims);
+            let mut all = vec![&dims];
+            all.extend_from_slice(buffers);
+            bind_groups.push(k.bind(g, op.file, label, &all));
+            bind_groups.len() - 1
+        };
+        let planned = |op: &plan::OpPlan, pass: &[plan::Dispatch], bind_group: usize| {
+            pass.iter()
+                .map(|&dispatch| {
+                    Ok(Planned {
+                        dispatch,
+                        pipeline: k.pipeline(g, dispatch.entry, &op.constants)?,
+                        bind_group,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        };
 
-        let train_dims = g.uniform(
-            "batch dims train",
-            &kernels::batch_dims(IMAGE_PIXELS, false, norm.mean, norm.std),
-        );
-        let eval_dims = g.uniform(
-            "batch dims eval",
-            &kernels::batch_dims(IMAGE_PIXELS, true, norm.mean, norm.std),
-        );
-        let gather_train = add(k.bind(
-            g,
-            "batch",
+        let gather_train = plan::gather_batch(IMAGE_PIXELS, false, norm);
+        let gather_eval = plan::gather_batch(IMAGE_PIXELS, true, norm);
+        let buffers =
+            |images, labels| [&step_words, images, labels, &order, &acts[0], &batch_labels];
+        let bg = bind(
+            &gather_train,
             "gather train",
-            &[
-                &train_dims,
-                &step_uniform,
-                &train_images,
-                &train_labels,
-                &order,
-                &acts[0],
-                &batch_labels,
-            ],
-        ));
-        let gather_eval = add(k.bind(
-            g,
-            "batch",
+            &buffers(&train_images, &train_labels),
+        );
+        train_plan.extend(planned(&gather_train, &gather_train.forward, bg)?);
+        let bg = bind(
+            &gather_eval,
             "gather test",
-            &[
-                &eval_dims,
-                &step_uniform,
-                &test_images,
-                &test_labels,
-                &order,
-                &acts[0],
-                &batch_labels,
-            ],
-        ));
-        train_plan.push(Dispatch {
-            entry: "gather_batch",
-            bind_group: gather_train,
-            size: Size::PerSample(IMAGE_PIXELS),
-        });
-        eval_plan.push(Dispatch {
-            entry: "gather_batch",
-            bind_group: gather_eval,
-            size: Size::PerSample(IMAGE_PIXELS),
-        });
+            &buffers(&test_images, &test_labels),
+        );
+        eval_plan.extend(planned(&gather_eval, &gather_eval.forward, bg)?);
 
-        // One bind group per layer; forward dispatches in order, backward ones collected in
-        // reverse after the loss.
-        let mut backward: Vec<Vec<Dispatch>> = Vec::new();
+        // Forward dispatches in layer order; backward ones collected, run in reverse after the loss.
+        let mut backward = Vec::new();
         for (i, l) in layers.iter().enumerate() {
+            let Some(op) = plan::layer(layers, i, seed) else {
+                continue; // a flatten: its buffers alias
+            };
             let (x, y) = (&acts[i], &acts[i + 1]);
             let d_y = d_acts[i + 1].as_ref().unwrap();
-            let d_x = d_acts[i].as_ref().unwrap_or(&unused_d_input);
-            let first = i == 0;
-            let mut forward = Vec::new();
-            let mut back = Vec::new();
-            let with_params = |file: &'static str, dims: Vec<u32>| -> wgpu::BindGroup {
-                let dims = g.uniform(&format!("layer {i} dims"), &dims);
-                let w = l.weight.unwrap();
-                let (bias, d_bias) = match l.bias {
-                    Some(b) => (&param_buffers[b], &grad_buffers[b]),
-                    None => (&unused_bias, &unused_d_bias),
-                };
-                k.bind(
-                    g,
-                    file,
-                    &format!("layer {i} {}", l.layer),
-                    &[
-                        &dims,
-                        &step_uniform,
-                        x,
-                        &param_buffers[w],
-                        bias,
-                        y,
-                        d_y,
-                        d_x,
-                        &grad_buffers[w],
-                        d_bias,
-                    ],
-                )
+            // A layer that computes no input gradient binds a placeholder (a fused ReLU's
+            // gradient buffer is its output's, which a bind group cannot hold twice).
+            let d_x = match &d_acts[i] {
+                Some(d_x) if !plan::relu_mask_fused(layers, i) => d_x,
+                _ => &unused_d_input,
             };
-            let without_params = |file: &'static str, dims: Vec<u32>| -> wgpu::BindGroup {
-                let dims = g.uniform(&format!("layer {i} dims"), &dims);
-                k.bind(
-                    g,
-                    file,
-                    &format!("layer {i} {}", l.layer),
-                    &[&dims, &step_uniform, x, y, d_y, d_x],
-                )
+            let label = format!("layer {i} {}", l.layer);
+            let bg = match l.weight {
+                Some(w) => {
+                    let (bias, d_bias) = match l.bias {
+                        Some(b) => (&param_buffers[b], &grad_buffers[b]),
+                        None => (&unused_bias, &unused_d_bias),
+                    };
+                    let (weight, d_weight) = (&param_buffers[w], &grad_buffers[w]);
+                    let buffers = [&step_words, x, weight, bias, y, d_y, d_x, d_weight, d_bias];
+                    bind(&op, &label, &buffers)
+                }
+                None => bind(&op, &label, &[&step_words, x, y, d_y, d_x]),
             };
-            match l.layer {
-                Layer::Conv2d { bias, .. } => {
-                    let s = l.conv_shape(1);
-                    let bg = add(with_params("conv2d", kernels::conv_dims(&s, bias)));
-                    forward.push(Dispatch {
-                        entry: "conv2d_forward",
-                        bind_group: bg,
-                        size: Size::PerSample(kernels::conv_forward_threads_per_sample(&s)),
-                    });
-                    back.push(Dispatch {
-                        entry: "conv2d_backward_weight",
-                        bind_group: bg,
-                        size: Size::Groups(s.weight_len()),
-                    });
-                    if bias {
-                        back.push(Dispatch {
-                            entry: "conv2d_backward_bias",
-                            bind_group: bg,
-                            size: Size::Groups(s.out_channels),
-                        });
-                    }
-                    if !first {
-                        back.push(Dispatch {
-                            entry: "conv2d_backward_input",
-                            bind_group: bg,
-                            size: Size::PerSample(l.input.len()),
-                        });
-                    }
-                }
-                Layer::Dense { bias, .. } => {
-                    let s = l.dense_shape(1);
-                    let bg = add(with_params("dense", kernels::dense_dims(&s, bias)));
-                    forward.push(Dispatch {
-                        entry: "dense_forward",
-                        bind_group: bg,
-                        size: Size::PerSample(l.output.len()),
-                    });
-                    back.push(Dispatch {
-                        entry: "dense_backward_weight",
-                        bind_group: bg,
-                        size: Size::Threads(s.in_features * s.out_features),
-                    });
-                    if bias {
-                        back.push(Dispatch {
-                            entry: "dense_backward_bias",
-                            bind_group: bg,
-                            size: Size::Threads(s.out_features),
-                        });
-                    }
-                    if !first {
-                        back.push(Dispatch {
-                            entry: "dense_backward_input",
-                            bind_group: bg,
-                            size: Size::PerSample(l.input.len()),
-                        });
-                    }
-                }
-                Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } => {
-                    let bg = add(without_params("pool", kernels::pool_dims(&l.pool_shape(1))));
-                    let (f, b) = if matches!(l.layer, Layer::MaxPool2d { .. }) {
-                        ("max_pool2d_forward", "max_pool2d_backward")
-                    } else {
-                        ("avg_pool2d_forward", "avg_pool2d_backward")
-                    };
-                    forward.push(Dispatch {
-                        entry: f,
-                        bind_group: bg,
-                        size: Size::PerSample(l.output.len()),
-                    });
-                    if !first {
-                        back.push(Dispatch {
-                            entry: b,
-                            bind_group: bg,
-                            size: Size::PerSample(l.input.len()),
-                        });
-                    }
-                }
-                Layer::Relu | Layer::Tanh | Layer::Sigmoid => {
-                    let bg = add(without_params(
-                        "activation",
-                        kernels::element_dims(l.output.len()),
-                    ));
-                    let (f, b) = match l.layer {
-                        Layer::Relu => ("relu_forward", "relu_backward"),
-                        Layer::Tanh => ("tanh_forward", "tanh_backward"),
-                        _ => ("sigmoid_forward", "sigmoid_backward"),
-                    };
-                    forward.push(Dispatch {
-                        entry: f,
-                        bind_group: bg,
-                        size: Size::PerSample(l.output.len()),
-                    });
-                    if !first {
-                        back.push(Dispatch {
-                            entry: b,
-                            bind_group: bg,
-                            size: Size::PerSample(l.input.len()),
-                        });
-                    }
-                }
-                Layer::Dropout { p } => {
-                    let bg = add(without_params(
-                        "dropout",
-                        kernels::dropout_dims(l.output.len(), p, dropout_seed(seed, l.index)),
-                    ));
-                    forward.push(Dispatch {
-                        entry: "dropout_forward",
-                        bind_group: bg,
-                        size: Size::PerSample(l.output.len()),
-                    });
-                    if !first {
-                        back.push(Dispatch {
-                            entry: "dropout_backward",
-                            bind_group: bg,
-                            size: Size::PerSample(l.input.len()),
-                        });
-                    }
-                }
-                Layer::Flatten => {}
-            }
-            for d in &forward {
-                train_plan.push(Dispatch {
-                    entry: d.entry,
-                    bind_group: d.bind_group,
-                    size: d.size,
-                });
-            }
-            eval_plan.extend(forward);
-            backward.push(back);
+            train_plan.extend(planned(&op, &op.forward, bg)?);
+            eval_plan.extend(planned(&op, &op.forward, bg)?);
+            backward.push(planned(&op, &op.backward, bg)?);
         }
 
-        let loss_dims = g.uniform("loss dims", &kernels::loss_dims(classes, net.loss()));
+        let loss = plan::loss(classes, net.loss());
         let logits = acts.last().unwrap();
         let d_logits = d_acts.last().unwrap().as_ref().unwrap();
-        let loss_train = add(k.bind(
-            g,
-            "loss",
-            "loss train",
-            &[
-                &loss_dims,
-                &step_uniform,
+        for (metrics, plan, what) in [
+            (&train_metrics, &mut train_plan, "loss train"),
+            (&eval_metrics, &mut eval_plan, "loss eval"),
+        ] {
+            let buffers = [
+                &step_words,
                 logits,
                 &batch_labels,
                 d_logits,
                 &sample_loss,
                 &sample_correct,
-                &train_metrics,
-            ],
-        ));
-        let loss_eval = add(k.bind(
-            g,
-            "loss",
-            "loss eval",
-            &[
-                &loss_dims,
-                &step_uniform,
-                logits,
-                &batch_labels,
-                d_logits,
-                &sample_loss,
-                &sample_correct,
-                &eval_metrics,
-            ],
-        ));
-        train_plan.push(Dispatch {
-            entry: "loss_forward_backward",
-            bind_group: loss_train,
-            size: Size::PerSample(1),
-        });
-        train_plan.push(Dispatch {
-            entry: "accumulate_metrics",
-            bind_group: loss_train,
-            size: Size::Groups(1),
-        });
-        eval_plan.push(Dispatch {
-            entry: "loss_forward_backward",
-            bind_group: loss_eval,
-            size: Size::PerSample(1),
-        });
-        eval_plan.push(Dispatch {
-            entry: "accumulate_metrics",
-            bind_group: loss_eval,
-            size: Size::Groups(1),
-        });
-
+                metrics,
+            ];
+            let bg = bind(&loss, what, &buffers);
+            plan.extend(planned(&loss, &loss.forward, bg)?);
+        }
         for back in backward.into_iter().rev() {
             train_plan.extend(back);
         }
         for (p, info) in net.params.iter().enumerate() {
-            let bg = add(k.bind(
+            let sgd = plan::sgd(info.len(), 0.0, 0.0);
+            let label = format!("sgd {}", info.name);
+            let bg = k.bind(
                 g,
                 "sgd",
-                &format!("sgd {}", info.name),
+                &label,
                 &[
-                    &sgd_uniforms[p],
+                    &sgd_constants[p],
                     &param_buffers[p],
                     &grad_buffers[p],
                     &velocity[p],
                 ],
-            ));
-            train_plan.push(Dispatch {
-                entry: "sgd_update",
-                bind_group: bg,
-                size: Size::Threads(info.len()),
-            });
+            );
+            bind_groups.push(bg);
+            train_plan.extend(planned(&sgd, &sgd.forward, bind_groups.len() - 1)?);
         }
         g.check("allocating buffers and bind groups")?;
 
@@ -521,11 +338,11 @@ impl GpuExecutor {
             eval_batch,
             train_len: train.len(),
             test_len: test.len(),
-            step_uniform,
+            step_words,
             order,
             params: param_buffers,
             velocity,
-            sgd_uniforms,
+            sgd_constants,
             sgd: None,
             train_metrics,
             eval_metrics,
@@ -538,52 +355,70 @@ impl GpuExecutor {
         })
     }
 
-    /// From now on, run each dispatch of a training step as its own submission and wait for it,
-    /// accumulating wall time per entry point: slow, for finding the expensive kernels only.
-    pub fn enable_profiling(&mut self) {
-        self.profile = Some(self.train_plan.iter().map(|d| (d.entry, 0, 0.0)).collect());
-    }
-
-    /// Per dispatch of the training plan, in order: entry point, times run, total seconds.
-    /// Each includes one submission and wait (~50 us on a software adapter).
-    pub fn profile(&self) -> Option<&[(&'static str, u32, f64)]> {
-        self.profile.as_deref()
-    }
-
-    fn work(d: &Dispatch, batch: usize) -> Work {
-        match d.size {
-            Size::PerSample(n) => Work::Threads((batch * n) as u32),
-            Size::Threads(n) => Work::Threads(n as u32),
-            Size::Groups(n) => Work::Groups(n as u32),
-        }
-    }
-
+    /// A profiled training step. With timestamp queries: every dispatch in its own compute pass
+    /// with a timestamp at each end, all in one submission, the timestamps read back once at the
+    /// end of the step. Without: every dispatch submitted alone and waited for, timed on the host.
     fn submit_profiled(&mut self, batch: usize, what: &str) -> Result<()> {
         let g = &*self.gpu;
+        let profile = self.profile.as_mut().expect("profiling is on");
         g.wait(what)?;
+        let mut encoder = g
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
         for (i, d) in self.train_plan.iter().enumerate() {
             let started = std::time::Instant::now();
-            let mut encoder = g
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(what) });
+            let timestamp_writes =
+                profile
+                    .timer
+                    .as_ref()
+                    .map(|t| wgpu::ComputePassTimestampWrites {
+                        query_set: &t.queries,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    });
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(what),
-                    timestamp_writes: None,
+                    label: Some(d.dispatch.entry),
+                    timestamp_writes,
                 });
                 self.kernels.dispatch(
                     &mut pass,
-                    d.entry,
+                    &d.pipeline,
                     &self.bind_groups[d.bind_group],
-                    Self::work(d, batch),
+                    d.dispatch.size.work(batch),
                 );
             }
-            g.queue.submit(Some(encoder.finish()));
-            g.wait(what)?;
-            let entry = &mut self.profile.as_mut().unwrap()[i];
-            entry.1 += 1;
-            entry.2 += started.elapsed().as_secs_f64();
+            let entry = &mut profile.entries[i];
+            entry.calls += 1;
+            entry.flops += d.dispatch.flops.at(batch);
+            entry.bytes += d.dispatch.bytes.at(batch);
+            if profile.timer.is_none() {
+                let done = std::mem::replace(
+                    &mut encoder,
+                    g.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some(what),
+                        }),
+                );
+                g.queue.submit(Some(done.finish()));
+                g.wait(what)?;
+                entry.seconds += started.elapsed().as_secs_f64();
+            }
         }
+        if let Some(timer) = &profile.timer {
+            let n = 2 * self.train_plan.len() as u32;
+            encoder.resolve_query_set(&timer.queries, 0..n, &timer.resolved, 0);
+            g.queue.submit(Some(encoder.finish()));
+            let bytes = g.read_buffers(&[&timer.resolved], what)?;
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes[0][..8 * n as usize]);
+            for (entry, pair) in profile.entries.iter_mut().zip(ticks.chunks_exact(2)) {
+                let elapsed = pair[1].saturating_sub(pair[0]) as f64 * timer.period_ns;
+                entry.seconds += elapsed * 1e-9;
+            }
+        } else {
+            g.queue.submit(Some(encoder.finish()));
+        }
+        self.in_flight.clear();
         Ok(())
     }
 
@@ -598,7 +433,7 @@ impl GpuExecutor {
     ) -> Result<()> {
         let g = &*self.gpu;
         g.queue.write_buffer(
-            &self.step_uniform,
+            &self.step_words,
             0,
             bytemuck::cast_slice(&kernels::step_words(batch, step, start, training)),
         );
@@ -619,9 +454,10 @@ impl GpuExecutor {
                 &self.eval_plan
             };
             for d in plan {
-                let work = Self::work(d, batch);
+                let work = d.dispatch.size.work(batch);
+                let bind_group = &self.bind_groups[d.bind_group];
                 self.kernels
-                    .dispatch(&mut pass, d.entry, &self.bind_groups[d.bind_group], work);
+                    .dispatch(&mut pass, &d.pipeline, bind_group, work);
             }
         }
         let index = g.queue.submit(Some(encoder.finish()));
@@ -639,6 +475,16 @@ impl GpuExecutor {
             g.check(what)?;
         }
         Ok(())
+    }
+
+    /// Read one buffer per parameter tensor (the parameters or their momentum).
+    fn read_per_parameter(&self, buffers: &[wgpu::Buffer], what: &str) -> Result<Vec<Vec<f32>>> {
+        let buffers: Vec<(&wgpu::Buffer, usize)> = buffers
+            .iter()
+            .zip(&self.net.params)
+            .map(|(b, i)| (b, i.len()))
+            .collect();
+        self.gpu.read_f32(&buffers, what)
     }
 
     /// Read a metrics block and zero it.
@@ -696,23 +542,11 @@ impl Executor for GpuExecutor {
     }
 
     fn parameters(&mut self) -> Result<Vec<Vec<f32>>> {
-        let buffers: Vec<(&wgpu::Buffer, usize)> = self
-            .params
-            .iter()
-            .zip(&self.net.params)
-            .map(|(b, i)| (b, i.len()))
-            .collect();
-        self.gpu.read_f32(&buffers, "reading the parameters back")
+        self.read_per_parameter(&self.params, "reading the parameters back")
     }
 
     fn momentum(&mut self) -> Result<Vec<Vec<f32>>> {
-        let buffers: Vec<(&wgpu::Buffer, usize)> = self
-            .velocity
-            .iter()
-            .zip(&self.net.params)
-            .map(|(b, i)| (b, i.len()))
-            .collect();
-        self.gpu.read_f32(&buffers, "reading the momentum back")
+        self.read_per_parameter(&self.velocity, "reading the momentum back")
     }
 
     fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
@@ -766,7 +600,7 @@ impl Executor for GpuExecutor {
             bail!("training step of {len} images at {start}: the executor was built for batches of up to {} from {} images", self.batch_capacity, self.train_len);
         }
         if self.sgd != Some(sgd) {
-            for (u, info) in self.sgd_uniforms.iter().zip(&self.net.params) {
+            for (u, info) in self.sgd_constants.iter().zip(&self.net.params) {
                 let words = kernels::sgd_dims(info.len(), sgd.lr, sgd.momentum);
                 self.gpu
                     .queue
@@ -796,5 +630,55 @@ impl Executor for GpuExecutor {
             start += len;
         }
         Ok(self.take_metrics(false, "reading the test metrics")?.0)
+    }
+
+    /// Time every dispatch of each training step: on the GPU's clock with timestamp queries
+    /// where the device has them (no wait between kernels), else each kernel submitted alone and
+    /// waited for.
+    fn enable_profiling(&mut self) -> Result<()> {
+        let g = &*self.gpu;
+        let timer = g.timestamps.then(|| {
+            let count = 2 * self.train_plan.len() as u32;
+            Timer {
+                queries: g.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count,
+                }),
+                resolved: g.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile timestamps resolved"),
+                    size: 8 * count as u64,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                period_ns: g.queue.get_timestamp_period() as f64,
+            }
+        });
+        let entries = self
+            .train_plan
+            .iter()
+            .map(|d| ProfileEntry {
+                name: d.dispatch.entry.to_string(),
+                calls: 0,
+                seconds: 0.0,
+                flops: 0.0,
+                bytes: 0.0,
+            })
+            .collect();
+        self.profile = Some(Profile { entries, timer });
+        g.check("setting up the profile")
+    }
+
+    fn profile(&self) -> Vec<ProfileEntry> {
+        self.profile
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.entries.clone())
+    }
+
+    fn profile_method(&self) -> String {
+        match self.profile.as_ref().map(|p| p.timer.is_some()) {
+            Some(true) => "GPU timestamps around every kernel, one submission a step".into(),
+            _ => "no timestamp queries on this device: each kernel submitted alone and waited for (includes the submission and wait, ~50 us on a software adapter)".into(),
+        }
     }
 }

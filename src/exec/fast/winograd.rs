@@ -1,5 +1,5 @@
 //! Winograd's minimal filtering for 3x3, stride-1 convolutions, used by the fast CPU executor
-//! ([`crate::fast`]) for all three passes of such a layer (Lavin & Gray, "Fast Algorithms for
+//! ([`crate::exec::fast`]) for all three passes of such a layer (Lavin & Gray, "Fast Algorithms for
 //! Convolutional Neural Networks", 2015).
 //!
 //! F(2x2, 3x3) computes a 2x2 block of outputs from a 4x4 patch of input with 16 multiplications
@@ -37,7 +37,7 @@
 //! The transforms and the product are compiled for AVX-512, AVX2+FMA and plain targets
 //! (`multiversion!`, [`Isa`]) and the best the CPU has is used; `WGCNN_CPU_ISA` caps it.
 
-use crate::reference::Conv2dShape;
+use crate::ops::Conv2dShape;
 
 /// Define `$name` as a function compiled three times (AVX-512, AVX2+FMA, plain) and dispatched on
 /// the CPU's features at run time ([`Isa::detect`], cached): loops written plainly then vectorise
@@ -58,12 +58,12 @@ macro_rules! multiversion {
             fn avx2($($arg: $ty),*) {
                 imp($($arg),*)
             }
-            match $crate::winograd::Isa::detect() {
+            match $crate::exec::fast::winograd::Isa::detect() {
                 // SAFETY: `detect` found the features these functions are compiled for.
                 #[cfg(target_arch = "x86_64")]
-                $crate::winograd::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                $crate::exec::fast::winograd::Isa::Avx512 => unsafe { avx512($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
-                $crate::winograd::Isa::Avx2Fma => unsafe { avx2($($arg),*) },
+                $crate::exec::fast::winograd::Isa::Avx2Fma => unsafe { avx2($($arg),*) },
                 _ => imp($($arg),*),
             }
         }

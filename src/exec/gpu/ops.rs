@@ -1,14 +1,16 @@
 //! Run one op's kernels on host data and read everything back: what the tests use to hold each
-//! WGSL entry point to its CPU twin. It goes through the same pipelines, bind layouts and
-//! dimension uniforms as the executor; only the buffers are made per call.
+//! WGSL entry point to its CPU twin. It runs the dispatches of [`super::plan`] through the same
+//! pipelines, bind layouts and dimension uniforms as the executor; only the buffers are made per
+//! call.
 
 use anyhow::Result;
 
 use crate::data::Normalization;
-use crate::gpu::context::Gpu;
-use crate::gpu::kernels::{self, Kernels, Work};
-use crate::reference::{Conv2dShape, DenseShape, Pool2dShape};
-use crate::spec::Loss;
+use crate::exec::gpu::context::Gpu;
+use crate::exec::gpu::kernels::{self, Kernels};
+use crate::exec::gpu::plan::{self, OpPlan};
+use crate::ops::{Conv2dShape, DenseShape, Pool2dShape};
+use crate::spec::{Layer, Loss};
 
 /// Everything a layer with parameters computes.
 #[derive(Debug, Clone)]
@@ -46,21 +48,33 @@ impl Ops<'_> {
         self.gpu.storage(label, 4 * len as u64)
     }
 
-    fn run(&self, label: &str, bind_group: &wgpu::BindGroup, entries: &[(&str, Work)]) {
+    /// Make `op`'s dims uniform, bind it before `buffers`, and run its forward then its backward
+    /// dispatches for `batch` samples in one submission.
+    fn run(&self, op: &OpPlan, batch: usize, buffers: &[&wgpu::Buffer]) -> Result<()> {
+        let dims = self.gpu.constants("dims", &op.dims);
+        let mut all = vec![&dims];
+        all.extend_from_slice(buffers);
+        let bind_group = self.kernels.bind(self.gpu, op.file, op.file, &all);
         let mut encoder = self
             .gpu
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(op.file),
+            });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(label),
+                label: Some(op.file),
                 timestamp_writes: None,
             });
-            for &(entry, work) in entries {
-                self.kernels.dispatch(&mut pass, entry, bind_group, work);
+            for d in op.forward.iter().chain(&op.backward) {
+                let pipeline = self.kernels.pipeline(self.gpu, d.entry, &op.constants)?;
+                let work = d.size.work(batch);
+                self.kernels
+                    .dispatch(&mut pass, &pipeline, &bind_group, work);
             }
         }
         self.gpu.queue.submit(Some(encoder.finish()));
+        Ok(())
     }
 
     /// conv2d forward, backward input, backward weight and bias, in one submission.
@@ -72,36 +86,14 @@ impl Ops<'_> {
         bias: Option<&[f32]>,
         d_output: &[f32],
     ) -> Result<LayerResult> {
-        let mut entries = vec![
-            (
-                "conv2d_forward",
-                Work::Threads((s.batch * kernels::conv_forward_threads_per_sample(s)) as u32),
-            ),
-            ("conv2d_backward_input", Work::Threads(s.input_len() as u32)),
-            (
-                "conv2d_backward_weight",
-                Work::Groups(s.weight_len() as u32),
-            ),
-        ];
-        if bias.is_some() {
-            entries.push(("conv2d_backward_bias", Work::Groups(s.out_channels as u32)));
-        }
-        let dims = kernels::conv_dims(s, bias.is_some());
+        let op = plan::conv2d(s, bias.is_some(), true);
         let lens = [
             s.output_len(),
             s.input_len(),
             s.weight_len(),
             s.out_channels,
         ];
-        self.layer_with_params(
-            "conv2d",
-            &dims,
-            s.batch,
-            [input, weight, d_output],
-            bias,
-            lens,
-            &entries,
-        )
+        self.layer_with_params(&op, s.batch, [input, weight, d_output], bias, lens)
     }
 
     /// Dense forward and both backward passes.
@@ -118,44 +110,26 @@ impl Ops<'_> {
             s.batch * s.out_features,
             s.in_features * s.out_features,
         );
-        let mut entries = vec![
-            ("dense_forward", Work::Threads(n_out as u32)),
-            ("dense_backward_input", Work::Threads(n_in as u32)),
-            ("dense_backward_weight", Work::Threads(n_w as u32)),
-        ];
-        if bias.is_some() {
-            entries.push(("dense_backward_bias", Work::Threads(s.out_features as u32)));
-        }
-        let dims = kernels::dense_dims(s, bias.is_some());
-        self.layer_with_params(
-            "dense",
-            &dims,
-            s.batch,
-            [input, weight, d_output],
-            bias,
-            [n_out, n_in, n_w, s.out_features],
-            &entries,
-        )
+        let op = plan::dense(s, bias.is_some(), true);
+        let lens = [n_out, n_in, n_w, s.out_features];
+        self.layer_with_params(&op, s.batch, [input, weight, d_output], bias, lens)
     }
 
     /// conv2d.wgsl and dense.wgsl share their bindings: make them from `data` (input, weight,
-    /// d_output) and `bias`, run `entries` in one submission, and read back the output, d_input,
+    /// d_output) and `bias`, run the op in one submission, and read back the output, d_input,
     /// d_weight and d_bias (`lens` values each).
-    #[allow(clippy::too_many_arguments)]
     fn layer_with_params(
         &self,
-        file: &str,
-        dims: &[u32],
+        op: &OpPlan,
         batch: usize,
         data: [&[f32]; 3],
         bias: Option<&[f32]>,
         lens: [usize; 4],
-        entries: &[(&str, Work)],
     ) -> Result<LayerResult> {
         let g = self.gpu;
+        let file = op.file;
         let [input, weight, d_output] = data;
-        let dims = g.uniform("dims", dims);
-        let step = g.uniform("step", &kernels::step_words(batch, 0, 0, true));
+        let step = g.constants("step", &kernels::step_words(batch, 0, 0, true));
         let b_input = g.storage_init("input", bytes(input));
         let b_weight = g.storage_init("weight", bytes(weight));
         let b_bias = g.storage_init("bias", bytes(bias.unwrap_or(&[0.0])));
@@ -164,7 +138,6 @@ impl Ops<'_> {
         let [b_output, b_d_input, b_d_weight, b_d_bias] =
             [0, 1, 2, 3].map(|i| self.zeros(names[i], lens[i]));
         let buffers = [
-            &dims,
             &step,
             &b_input,
             &b_weight,
@@ -175,8 +148,7 @@ impl Ops<'_> {
             &b_d_weight,
             &b_d_bias,
         ];
-        let bg = self.kernels.bind(g, file, file, &buffers);
-        self.run(file, &bg, entries);
+        self.run(op, batch, &buffers)?;
         let out = g.read_f32(
             &[
                 (&b_output, lens[0]),
@@ -204,31 +176,17 @@ impl Ops<'_> {
         d_output: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let g = self.gpu;
-        let dims = g.uniform("pool dims", &kernels::pool_dims(s));
-        let step = g.uniform("step", &kernels::step_words(s.batch, 0, 0, true));
+        let step = g.constants("step", &kernels::step_words(s.batch, 0, 0, true));
         let b_input = g.storage_init("input", bytes(input));
         let b_output = self.zeros("output", s.output_len());
         let b_d_output = g.storage_init("d_output", bytes(d_output));
         let b_d_input = self.zeros("d_input", s.input_len());
-        let bg = self.kernels.bind(
-            g,
-            "pool",
-            "pool op",
-            &[&dims, &step, &b_input, &b_output, &b_d_output, &b_d_input],
-        );
-        let (forward, backward) = if max {
-            ("max_pool2d_forward", "max_pool2d_backward")
-        } else {
-            ("avg_pool2d_forward", "avg_pool2d_backward")
-        };
+        let op = plan::pool(max, s, true, false);
         self.run(
-            "pool op",
-            &bg,
-            &[
-                (forward, Work::Threads(s.output_len() as u32)),
-                (backward, Work::Threads(s.input_len() as u32)),
-            ],
-        );
+            &op,
+            s.batch,
+            &[&step, &b_input, &b_output, &b_d_output, &b_d_input],
+        )?;
         let mut out = g.read_f32(
             &[(&b_output, s.output_len()), (&b_d_input, s.input_len())],
             "pool op",
@@ -237,63 +195,44 @@ impl Ops<'_> {
         Ok((out.pop().unwrap(), d_input))
     }
 
-    /// An elementwise op of `activation.wgsl` or `dropout.wgsl` over `batch` samples: runs
-    /// `forward` then `backward` (which reads the forward output); returns (output, d_input).
+    /// An elementwise op of `activation.wgsl` or `dropout.wgsl` over `batch` samples: runs its
+    /// forward then its backward pass (which reads the forward output); returns (output, d_input).
     fn elementwise(
         &self,
-        file: &str,
-        dims: &[u32],
+        op: &OpPlan,
+        batch: usize,
         step_words: [u32; 4],
-        entries: (&str, &str),
         input: &[f32],
         d_output: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (forward, backward) = entries;
         let g = self.gpu;
         let n = input.len();
-        let dims = g.uniform("element dims", dims);
-        let step = g.uniform("step", &step_words);
+        let step = g.constants("step", &step_words);
         let b_input = g.storage_init("input", bytes(input));
         let b_output = self.zeros("output", n);
         let b_d_output = g.storage_init("d_output", bytes(d_output));
         let b_d_input = self.zeros("d_input", n);
-        let bg = self.kernels.bind(
-            g,
-            file,
-            forward,
-            &[&dims, &step, &b_input, &b_output, &b_d_output, &b_d_input],
-        );
         self.run(
-            forward,
-            &bg,
-            &[
-                (forward, Work::Threads(n as u32)),
-                (backward, Work::Threads(n as u32)),
-            ],
-        );
-        let mut out = g.read_f32(&[(&b_output, n), (&b_d_input, n)], forward)?;
+            op,
+            batch,
+            &[&step, &b_input, &b_output, &b_d_output, &b_d_input],
+        )?;
+        let mut out = g.read_f32(&[(&b_output, n), (&b_d_input, n)], op.file)?;
         let d_input = out.pop().unwrap();
         Ok((out.pop().unwrap(), d_input))
     }
 
-    /// `name` is relu, tanh or sigmoid; `input` holds `batch` samples.
+    /// ReLU, tanh or sigmoid (`layer`); `input` holds `batch` samples.
     pub fn activation(
         &self,
-        name: &str,
+        layer: &Layer,
         batch: usize,
         input: &[f32],
         d_output: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let entries = (format!("{name}_forward"), format!("{name}_backward"));
-        let dims = kernels::element_dims(input.len() / batch);
-        self.elementwise(
-            "activation",
-            &dims,
-            kernels::step_words(batch, 0, 0, true),
-            (&entries.0, &entries.1),
-            input,
-            d_output,
-        )
+        let op = plan::activation(layer, input.len() / batch, true);
+        let step = kernels::step_words(batch, 0, 0, true);
+        self.elementwise(&op, batch, step, input, d_output)
     }
 
     /// Dropout over the whole of `input` (element indices as in a batch tensor), in training or
@@ -307,16 +246,9 @@ impl Ops<'_> {
         input: &[f32],
         d_output: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let dims = kernels::dropout_dims(input.len(), p, seed);
-        let entries = ("dropout_forward", "dropout_backward");
-        self.elementwise(
-            "dropout",
-            &dims,
-            kernels::step_words(1, step, 0, training),
-            entries,
-            input,
-            d_output,
-        )
+        let op = plan::dropout(input.len(), p, seed, true);
+        let step = kernels::step_words(1, step, 0, training);
+        self.elementwise(&op, 1, step, input, d_output)
     }
 
     /// The fused loss and its gradient on `logits [batch, classes]`, then one metrics accumulation.
@@ -331,37 +263,23 @@ impl Ops<'_> {
         let g = self.gpu;
         let batch = labels.len();
         let labels32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-        let dims = g.uniform("loss dims", &kernels::loss_dims(classes, loss));
-        let step_u = g.uniform("step", &kernels::step_words(batch, step, 0, true));
+        let step_u = g.constants("step", &kernels::step_words(batch, step, 0, true));
         let b_logits = g.storage_init("logits", bytes(logits));
         let b_labels = g.storage_init("labels", bytemuck::cast_slice(&labels32));
         let b_d_logits = self.zeros("d_logits", logits.len());
         let b_loss = self.zeros("sample_loss", batch);
         let b_correct = self.zeros("sample_correct", batch);
         let b_metrics = g.storage_init("metrics", bytemuck::cast_slice(&kernels::metrics_zero()));
-        let bg = self.kernels.bind(
-            g,
-            "loss",
-            "loss op",
-            &[
-                &dims,
-                &step_u,
-                &b_logits,
-                &b_labels,
-                &b_d_logits,
-                &b_loss,
-                &b_correct,
-                &b_metrics,
-            ],
-        );
-        self.run(
-            "loss op",
-            &bg,
-            &[
-                ("loss_forward_backward", Work::Threads(batch as u32)),
-                ("accumulate_metrics", Work::Groups(1)),
-            ],
-        );
+        let buffers = [
+            &step_u,
+            &b_logits,
+            &b_labels,
+            &b_d_logits,
+            &b_loss,
+            &b_correct,
+            &b_metrics,
+        ];
+        self.run(&plan::loss(classes, loss), batch, &buffers)?;
         let out = g.read_buffers(&[&b_loss, &b_correct, &b_d_logits, &b_metrics], "loss op")?;
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[3]);
         Ok(LossResult {
@@ -386,14 +304,11 @@ impl Ops<'_> {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let g = self.gpu;
         let n = param.len();
-        let dims = g.uniform("sgd dims", &kernels::sgd_dims(n, lr, momentum));
         let b_param = g.storage_init("param", bytes(param));
         let b_grad = g.storage_init("grad", bytes(grad));
         let b_velocity = g.storage_init("velocity", bytes(velocity));
-        let bg = self
-            .kernels
-            .bind(g, "sgd", "sgd op", &[&dims, &b_param, &b_grad, &b_velocity]);
-        self.run("sgd op", &bg, &[("sgd_update", Work::Threads(n as u32))]);
+        let op = plan::sgd(n, lr, momentum);
+        self.run(&op, 1, &[&b_param, &b_grad, &b_velocity])?;
         let mut out = g.read_f32(&[(&b_param, n), (&b_velocity, n)], "sgd op")?;
         let velocity = out.pop().unwrap();
         Ok((out.pop().unwrap(), velocity))
@@ -414,11 +329,7 @@ impl Ops<'_> {
     ) -> Result<(Vec<f32>, Vec<u32>)> {
         let g = self.gpu;
         let labels32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-        let dims = g.uniform(
-            "batch dims",
-            &kernels::batch_dims(pixels_per_image, sequential, norm.mean, norm.std),
-        );
-        let step = g.uniform("step", &kernels::step_words(batch, 0, start, true));
+        let step = g.constants("step", &kernels::step_words(batch, 0, start, true));
         let b_images = g.storage_init("images", images);
         let b_labels = g.storage_init("labels", bytemuck::cast_slice(&labels32));
         let b_order = g.storage_init(
@@ -427,28 +338,9 @@ impl Ops<'_> {
         );
         let b_x = self.zeros("x", batch * pixels_per_image);
         let b_batch_labels = self.zeros("batch labels", batch);
-        let bg = self.kernels.bind(
-            g,
-            "batch",
-            "gather op",
-            &[
-                &dims,
-                &step,
-                &b_images,
-                &b_labels,
-                &b_order,
-                &b_x,
-                &b_batch_labels,
-            ],
-        );
-        self.run(
-            "gather op",
-            &bg,
-            &[(
-                "gather_batch",
-                Work::Threads((batch * pixels_per_image) as u32),
-            )],
-        );
+        let op = plan::gather_batch(pixels_per_image, sequential, norm);
+        let buffers = [&step, &b_images, &b_labels, &b_order, &b_x, &b_batch_labels];
+        self.run(&op, batch, &buffers)?;
         let out = g.read_buffers(&[&b_x, &b_batch_labels], "gather op")?;
         Ok((
             bytemuck::pod_collect_to_vec(&out[0][..4 * batch * pixels_per_image]),

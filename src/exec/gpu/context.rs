@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use wgpu::util::DeviceExt;
 
-/// Storage buffers one shader stage binds at most (conv2d and dense bind eight).
-pub const STORAGE_BUFFERS_PER_STAGE: u32 = 8;
+/// Storage buffers one shader stage binds at most (conv2d and dense bind ten: their dimensions,
+/// the per-step words, and eight tensors).
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 10;
 
 /// How a GPU was chosen: `--adapter NAME` (or `WGPU_ADAPTER_NAME`), and `WGPU_BACKEND`.
 #[derive(Debug, Clone, Default)]
@@ -25,12 +26,19 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// Whether the device was opened with timestamp queries (`bench --profile` then times every
+    /// kernel on the GPU's clock without waiting between kernels).
+    pub timestamps: bool,
+    /// Whether the device was opened with subgroup operations, which the fast convolution and
+    /// dense kernels use where the adapter offers them (WGCNN_NO_SUBGROUPS=1 turns them off; the
+    /// kernels then fall back to a path without them).
+    pub subgroups: bool,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
 const NO_ADAPTER_HELP: &str = "no usable GPU adapter was found. Install your GPU's driver (Vulkan, Metal or DX12), \
 or a software Vulkan adapter: on Debian or Ubuntu `apt-get install libvulkan1 mesa-vulkan-drivers`. \
-WGPU_BACKEND (vulkan, metal, dx12, gl) chooses the API; run without --gpu to train on the CPU";
+WGPU_BACKEND (vulkan, metal or dx12; this build has no GL backend) chooses the API; run without --gpu to train on the CPU";
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
@@ -110,19 +118,28 @@ impl Gpu {
                 available.max_storage_buffers_per_shader_stage
             );
         }
-        // Ask for what the trainer needs and no more: wgpu's downlevel defaults (which the
-        // kernels' workgroup sizes fit), eight storage buffers per stage, and the adapter's full
-        // buffer sizes (the data set and large evaluation batches use them).
-        let limits = wgpu::Limits {
-            max_storage_buffers_per_shader_stage: STORAGE_BUFFERS_PER_STAGE,
-            max_storage_buffer_binding_size: available.max_storage_buffer_binding_size,
-            max_buffer_size: available.max_buffer_size,
-            ..wgpu::Limits::downlevel_defaults()
-        };
+        // The adapter's real limits, not wgpu's defaults: the full buffer sizes (the data set and
+        // large evaluation batches use them), and the workgroup memory and invocations the tiled
+        // kernels may use where the adapter has them.
+        let limits = available;
+        // Optional features, used where the adapter offers them and never required: timestamp
+        // queries for `bench --profile` (WGCNN_NO_TIMESTAMPS=1 turns them off, to check the
+        // fallback).
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+            && std::env::var_os("WGCNN_NO_TIMESTAMPS").is_none_or(|v| v.is_empty() || v == "0");
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP)
+            && std::env::var_os("WGCNN_NO_SUBGROUPS").is_none_or(|v| v.is_empty() || v == "0");
+        let mut features = wgpu::Features::empty();
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgcnn"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -148,6 +165,8 @@ impl Gpu {
             queue,
             info,
             limits,
+            timestamps,
+            subgroups,
             errors,
         })
     }
@@ -213,14 +232,21 @@ impl Gpu {
             })
     }
 
-    pub fn uniform(&self, label: &str, words: &[u32]) -> wgpu::Buffer {
+    /// A small read-only buffer of constants (an op's dimensions, the per-step words).
+    ///
+    /// These are storage buffers, not uniform buffers, on purpose: Mesa's lavapipe inlines the
+    /// values of uniforms that a shader's control flow depends on and recompiles the shader every
+    /// time its descriptor set is bound, that is at every submission. The loss kernel cost 10-60 ms
+    /// per training step that way on llvmpipe, whatever the batch; read from a storage buffer it
+    /// costs 0.15 ms (measured with one dispatch per submission, same values).
+    pub fn constants(&self, label: &str, words: &[u32]) -> wgpu::Buffer {
         let mut padded = words.to_vec();
         padded.resize(words.len().next_multiple_of(4).max(4), 0);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
                 contents: bytemuck::cast_slice(&padded),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             })
     }
 

@@ -1,0 +1,71 @@
+//! `wgcnn predict`: classify a user's pictures of digits with a checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::MNIST_INPUT;
+use crate::checkpoint;
+use crate::predict;
+
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// A checkpoint written by `train --save`.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Pictures of single digits: PNG, JPEG or BMP, any size, dark on light or light on dark.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// Write the 28x28 image the network saw for each picture into this folder, as NAME.seen.png.
+    #[arg(long, value_name = "DIR")]
+    pub show: Option<PathBuf>,
+}
+
+pub fn run_predict(args: &PredictArgs) -> Result<()> {
+    let input = MNIST_INPUT;
+    let ck = checkpoint::load(&args.model, input, None)?;
+    let norm = ck.info.normalization;
+    if let Some(dir) = &args.show {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    }
+    let mut failures = 0;
+    for path in &args.images {
+        let result = (|| -> Result<()> {
+            let frame =
+                predict::mnist_frame(&predict::load_gray(path)?, &path.display().to_string())?;
+            let x: Vec<f32> = frame.as_raw().iter().map(|&p| norm.apply(p)).collect();
+            let acts = crate::exec::reference::network_forward(&ck.network, &ck.params, x, 1, None);
+            let probs = predict::probabilities(ck.network.loss(), acts.last().unwrap());
+            let top: Vec<String> = predict::ranked(&probs)
+                .iter()
+                .take(3)
+                .map(|(c, p)| format!("{c} ({:.1}%)", 100.0 * p))
+                .collect();
+            println!("{}: {}", path.display(), top.join(", "));
+            if let Some(dir) = &args.show {
+                let stem = path
+                    .file_stem()
+                    .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+                let out = dir.join(format!("{stem}.seen.png"));
+                let mut bytes = std::io::Cursor::new(Vec::new());
+                frame
+                    .write_to(&mut bytes, image::ImageFormat::Png)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+                checkpoint::write_atomically(&out, &bytes.into_inner())?;
+                println!("  the network saw {}", out.display());
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!("error: {e:#}");
+            failures += 1;
+        }
+    }
+    anyhow::ensure!(
+        failures == 0,
+        "{failures} of {} images could not be classified",
+        args.images.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! `wgcnn train`: train a network, report every epoch, save checkpoints, plots and metrics.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::{
+    check_config, load_data, make_executor, mnist_network, normalization, preset_normalization,
+    resolve_model, DataArgs, DeviceArgs, ModelArgs, MNIST_INPUT,
+};
+use crate::checkpoint::{self, CheckpointInfo};
+use crate::exec::{Executor, Sgd};
+use crate::plot;
+use crate::spec::{self, NetSpec};
+use crate::train::{self, TrainConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Epochs to reach, counting those of --resume [default: the preset's; with --resume, one more].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Write the weights (PyTorch names and layouts), momentum, spec, seed and epoch as safetensors
+    /// after every epoch; the write is atomic.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Continue training from a checkpoint written by --save (weights and momentum).
+    #[arg(long, value_name = "FILE")]
+    pub resume: Option<PathBuf>,
+    /// Draw train and test loss and accuracy per epoch into this PNG (redrawn after every epoch).
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// Append one JSON object per epoch to this file (epoch, losses, accuracies, seconds, images/s, device).
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
+    /// Print only the final summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What `train` reports to: the progress bar, the epoch lines, and the per-epoch outputs
+/// (metrics file, checkpoint, plot).
+struct Reporter<'a> {
+    args: &'a TrainArgs,
+    epochs: usize,
+    device: String,
+    model: String,
+    bar: Option<indicatif::ProgressBar>,
+    metrics: Option<std::fs::File>,
+    history: Vec<train::EpochReport>,
+    info: CheckpointInfo,
+    steps_per_epoch: u64,
+}
+
+impl train::Observer for Reporter<'_> {
+    fn progress(&mut self, p: &train::Progress) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(p.steps_per_epoch as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(format!("{}/{}", p.epoch, self.epochs));
+            bar
+        });
+        bar.set_position(p.step as u64);
+        bar.set_message(format!(
+            "loss {:.4} acc {:.2}%  {:.0} img/s",
+            p.so_far.mean_loss(),
+            100.0 * p.so_far.accuracy(),
+            p.so_far.count as f64 / p.seconds.max(1e-9)
+        ));
+    }
+
+    fn epoch_done(&mut self, r: &train::EpochReport, exec: &mut dyn Executor) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if !self.args.quiet {
+            println!("{}", r.line(self.epochs));
+        }
+        if let Some(file) = &mut self.metrics {
+            let line = serde_json::json!({
+                "epoch": r.epoch,
+                "train_loss": r.train.mean_loss(),
+                "train_accuracy": r.train.accuracy(),
+                "test_loss": r.test.mean_loss(),
+                "test_accuracy": r.test.accuracy(),
+                "seconds": r.seconds,
+                "images_per_second": r.images_per_second,
+                "device": self.device,
+                "model": self.model,
+            });
+            writeln!(file, "{line}")
+                .and_then(|_| file.flush())
+                .with_context(|| {
+                    format!(
+                        "{}: cannot write",
+                        self.args.metrics.as_ref().unwrap().display()
+                    )
+                })?;
+        }
+        if let Some(path) = &self.args.save {
+            let params = exec.parameters()?;
+            let momentum = exec.momentum()?;
+            let info = CheckpointInfo {
+                epoch: r.epoch,
+                step: r.epoch as u64 * self.steps_per_epoch,
+                ..self.info.clone()
+            };
+            checkpoint::save(path, exec.network(), &params, Some(&momentum), &info)?;
+        }
+        self.history.push(*r);
+        if let Some(path) = &self.args.plot {
+            plot::training_curves(
+                path,
+                &self.history,
+                &format!("{} on {}", self.model, self.device),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run_train(args: &TrainArgs) -> Result<()> {
+    let input = MNIST_INPUT;
+    // With --resume, the checkpoint supplies the network and the defaults; options still override.
+    let resumed = args
+        .resume
+        .as_ref()
+        .map(|path| checkpoint::load(path, input, None))
+        .transpose()?;
+    let (name, spec, config, norm, first_epoch, params, momentum) = match resumed {
+        Some(ck) => {
+            if let Some(model) = &args.model.model {
+                let wanted = match spec::preset(model) {
+                    Ok(p) => NetSpec::parse(p.spec).map_err(anyhow::Error::msg)?,
+                    Err(_) => NetSpec::parse(model).map_err(anyhow::Error::msg)?,
+                };
+                anyhow::ensure!(
+                    wanted == ck.info.spec,
+                    "--model {model} is {wanted}, but {} holds {}; leave --model out to continue that network",
+                    args.resume.as_ref().unwrap().display(),
+                    ck.info.spec
+                );
+            }
+            let i = &ck.info;
+            let config = TrainConfig {
+                epochs: args.epochs.unwrap_or(i.epoch + 1),
+                batch_size: args.model.batch_size.unwrap_or(i.batch_size),
+                sgd: Sgd {
+                    lr: args.model.lr.unwrap_or(i.lr),
+                    momentum: args.model.momentum.unwrap_or(i.momentum),
+                },
+                lr_decay: args.model.lr_decay.unwrap_or(i.lr_decay),
+                seed: args.model.seed.unwrap_or(i.seed),
+            };
+            check_config(&config)?;
+            let norm = args
+                .data
+                .normalize
+                .map_or(i.normalization, |n| normalization(Some(n)));
+            let name = format!("resumed from {}", args.resume.as_ref().unwrap().display());
+            (
+                name,
+                i.spec.clone(),
+                config,
+                norm,
+                i.epoch + 1,
+                ck.params,
+                ck.momentum,
+            )
+        }
+        None => {
+            let r = resolve_model(&args.model, args.epochs)?;
+            let net = mnist_network(&r.spec)?;
+            let params = net.init_params(r.config.seed);
+            (
+                r.name,
+                r.spec,
+                r.config,
+                preset_normalization(args.data.normalize, r.standardize),
+                1,
+                params,
+                None,
+            )
+        }
+    };
+    let net = mnist_network(&spec)?;
+    let (train_set, test_set) = load_data(&args.data)?;
+    let c = config;
+    let say = |line: String| {
+        if !args.quiet {
+            println!("{line}");
+        }
+    };
+    say(format!("model {name} = {spec}"));
+    if !args.quiet {
+        print!("{}", net.summary());
+    }
+    say(format!(
+        "data: {} training images, {} test images from {}",
+        train_set.len(),
+        test_set.len(),
+        args.data.data.display()
+    ));
+    let decay = if c.lr_decay == 1.0 {
+        String::new()
+    } else {
+        format!(" (x{} per epoch)", c.lr_decay)
+    };
+    say(format!(
+        "training: epochs {first_epoch}..={}, batch size {}, lr {}{decay}, momentum {}, seed {}",
+        c.epochs, c.batch_size, c.sgd.lr, c.sgd.momentum, c.seed
+    ));
+    if first_epoch > c.epochs {
+        println!("nothing to do: the checkpoint has already trained {} epochs (ask for more with --epochs)", first_epoch - 1);
+        return Ok(());
+    }
+    let train_len = train_set.len();
+    let mut exec = make_executor(
+        &args.device,
+        net,
+        params,
+        train_set,
+        test_set,
+        norm,
+        c.seed,
+        c.batch_size,
+    )?;
+    if let Some(m) = &momentum {
+        exec.set_momentum(m)?;
+    }
+    let device = exec.device();
+    say(format!("device: {device}"));
+    let metrics = match &args.metrics {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(first_epoch > 1)
+                .write(true)
+                .truncate(first_epoch == 1)
+                .open(path)
+                .with_context(|| format!("{}: cannot open the metrics file", path.display()))?,
+        ),
+        None => None,
+    };
+    let steps_per_epoch = train_len.div_ceil(c.batch_size);
+    let mut reporter = Reporter {
+        args,
+        epochs: c.epochs,
+        device: device.clone(),
+        model: spec.to_string(),
+        bar: None,
+        metrics,
+        history: Vec::new(),
+        info: CheckpointInfo {
+            spec: spec.clone(),
+            seed: c.seed,
+            epoch: 0,
+            step: 0,
+            batch_size: c.batch_size,
+            lr: c.sgd.lr,
+            momentum: c.sgd.momentum,
+            lr_decay: c.lr_decay,
+            normalization: norm,
+        },
+        steps_per_epoch: steps_per_epoch as u64,
+    };
+    // A live bar only on a terminal: each update reads the running loss back from the device.
+    let progress_every = if !args.quiet && std::io::stderr().is_terminal() {
+        (steps_per_epoch / 100).max(1)
+    } else {
+        0
+    };
+    let reports = train::train(
+        exec.as_mut(),
+        &c,
+        train_len,
+        first_epoch,
+        progress_every,
+        &mut reporter,
+    )?;
+    if let Some(last) = reports.last() {
+        println!(
+            "final test accuracy {:.2}% (loss {:.4}) after {} epochs on {}",
+            100.0 * last.test.accuracy(),
+            last.test.mean_loss(),
+            last.epoch,
+            device
+        );
+    }
+    if let Some(path) = &args.save {
+        say(format!("saved {}", path.display()));
+    }
+    if let Some(path) = &args.plot {
+        say(format!("plotted {}", path.display()));
+    }
+    Ok(())
+}

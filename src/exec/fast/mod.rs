@@ -1,0 +1,430 @@
+//! The fast CPU executor: the same layers as [`crate::ops`], spread over all cores with
+//! `rayon`, into buffers allocated once per run. It is held to the reference by
+//! `tests/fast_cpu.rs`, op by op and over training trajectories.
+//!
+//! - 3x3 stride-1 convolutions with at least 4 input channels: Winograd ([`crate::exec::fast::winograd`]).
+//!   The forward pass keeps each sample's input transform for the weight gradient.
+//! - Other convolutions: im2col + SGEMM (`matrixmultiply`). The forward pass keeps each sample's
+//!   im2col matrix, `[in * k * k, out_h * out_w]`, for the weight gradient, then the input
+//!   gradient reuses that memory for its columns.
+//! - Dense layers: the forward pass as `W x^T` with [`winograd::gemm`], the gradients with SGEMM.
+//! - A ReLU after a convolution is applied by the convolution; a ReLU before a convolution, dense
+//!   or max-pool layer has its backward pass applied by that layer's input gradient. The ReLU
+//!   layer itself then only hands its buffer on, as a flatten does.
+//!
+//! Layouts are the reference's (NCHW, PyTorch parameter layouts). Weight gradients are summed over
+//! a fixed number of batch chunks (not one per thread), so results do not depend on how many cores
+//! there are.
+
+pub mod kernels;
+pub mod winograd;
+
+use std::time::Instant;
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use super::host::{delegate_to_host, HostState};
+use super::{Diverged, Executor, Metrics, ProfileEntry, Sgd};
+use crate::data::{Dataset, Normalization, Split};
+use crate::network::{dropout_seed, Network};
+use crate::ops::{self as r, loss_backward_into, loss_forward};
+use crate::spec::Layer;
+use kernels::*;
+
+/// The executor.
+pub struct FastCpu {
+    host: HostState,
+    grads: Vec<Vec<f32>>,
+    capacity: usize,
+    /// `acts[0]` is the input batch, `acts[i + 1]` the output of layer `i`.
+    acts: Vec<Vec<f32>>,
+    /// Gradients of the same tensors (for the training batch).
+    d_acts: Vec<Vec<f32>>,
+    /// Per convolution layer: its workspace for the whole batch.
+    convs: Vec<Option<ConvWorkspace>>,
+    /// Per max-pool layer: the chosen input of every output.
+    argmax: Vec<Vec<u32>>,
+    /// Per dense layer: its forward pass's transposed input and output.
+    dense_scratch: Vec<Vec<f32>>,
+    /// Per layer: a convolution followed by a ReLU, which it applies itself (the ReLU's forward
+    /// pass then only hands the buffer on).
+    relu_after: Vec<bool>,
+    /// Per layer: a convolution, dense or max-pool layer after a ReLU, whose input gradient folds
+    /// in that ReLU's backward pass (which then only hands the buffer on).
+    relu_before: Vec<bool>,
+    labels: Vec<u8>,
+    /// When set, (name, calls, seconds) of every layer's forward and backward pass, then the
+    /// gather, loss and optimizer; see [`FastCpu::enable_profiling`].
+    profile: Option<Vec<(String, u32, f64)>>,
+}
+
+/// Add the time since `started` to entry `i` of an enabled profile.
+fn record(profile: &mut Option<Vec<(String, u32, f64)>>, i: usize, started: Instant) {
+    if let Some(p) = profile {
+        p[i].1 += 1;
+        p[i].2 += started.elapsed().as_secs_f64();
+    }
+}
+
+impl FastCpu {
+    /// Buffers for batches of up to `batch_size` images (evaluation runs in batches of that size
+    /// too, at least 64).
+    pub fn new(
+        net: Network,
+        params: Vec<Vec<f32>>,
+        train: Dataset,
+        test: Dataset,
+        norm: Normalization,
+        seed: u64,
+        batch_size: usize,
+    ) -> Self {
+        let capacity = batch_size.max(64);
+        let mut acts = vec![vec![0.0; capacity * net.input.len()]];
+        let mut d_acts = vec![vec![0.0; capacity * net.input.len()]];
+        let mut convs = Vec::new();
+        let mut argmax = Vec::new();
+        let mut dense_scratch = Vec::new();
+        for l in &net.layers {
+            acts.push(vec![0.0; capacity * l.output.len()]);
+            d_acts.push(vec![0.0; capacity * l.output.len()]);
+            convs.push(match l.layer {
+                Layer::Conv2d { .. } => Some(ConvWorkspace::new(&l.conv_shape(capacity))),
+                _ => None,
+            });
+            dense_scratch.push(match l.layer {
+                Layer::Dense { .. } => vec![0.0; dense_scratch_len(&l.dense_shape(capacity))],
+                _ => Vec::new(),
+            });
+            argmax.push(if matches!(l.layer, Layer::MaxPool2d { .. }) {
+                vec![0; capacity * l.output.len()]
+            } else {
+                Vec::new()
+            });
+        }
+        let kinds: Vec<&Layer> = net.layers.iter().map(|l| &l.layer).collect();
+        let relu_after = (0..kinds.len())
+            .map(|i| {
+                matches!(kinds[i], Layer::Conv2d { .. })
+                    && matches!(kinds.get(i + 1), Some(Layer::Relu))
+            })
+            .collect();
+        let relu_before = (0..kinds.len())
+            .map(|i| {
+                i > 0
+                    && matches!(kinds[i - 1], Layer::Relu)
+                    && matches!(
+                        kinds[i],
+                        Layer::Conv2d { .. } | Layer::Dense { .. } | Layer::MaxPool2d { .. }
+                    )
+            })
+            .collect();
+        let grads = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
+        FastCpu {
+            host: HostState::new(net, params, train, test, norm, seed),
+            grads,
+            capacity,
+            acts,
+            d_acts,
+            convs,
+            argmax,
+            dense_scratch,
+            relu_after,
+            relu_before,
+            labels: Vec::with_capacity(capacity),
+            profile: None,
+        }
+    }
+
+    fn forward(&mut self, batch: usize, dropout: Option<u32>) {
+        for (i, l) in self.host.net.layers.iter().enumerate() {
+            let started = Instant::now();
+            let fused_relu = i > 0 && self.relu_after[i - 1];
+            if fused_relu || matches!(l.layer, Layer::Flatten) {
+                // Same values as the input (a flatten), or already computed (a ReLU applied by
+                // the convolution before): hand the buffer on rather than copy it. The backward
+                // pass hands a flatten's back, since the layer before may need its output.
+                self.acts.swap(i, i + 1);
+                if dropout.is_some() {
+                    record(&mut self.profile, i, started);
+                }
+                continue;
+            }
+            let (before, after) = self.acts.split_at_mut(i + 1);
+            let (x, y) = (
+                &before[i][..batch * l.input.len()],
+                &mut after[0][..batch * l.output.len()],
+            );
+            let bias = l.bias.map(|b| self.host.params[b].as_slice());
+            match l.layer {
+                Layer::Conv2d { .. } => conv2d_forward(
+                    &l.conv_shape(batch),
+                    x,
+                    &self.host.params[l.weight.unwrap()],
+                    bias,
+                    self.relu_after[i],
+                    y,
+                    self.convs[i].as_mut().unwrap(),
+                ),
+                Layer::Dense { .. } => dense_forward(
+                    &l.dense_shape(batch),
+                    x,
+                    &self.host.params[l.weight.unwrap()],
+                    bias,
+                    y,
+                    &mut self.dense_scratch[i],
+                ),
+                Layer::MaxPool2d { .. } => {
+                    max_pool2d_forward(&l.pool_shape(batch), x, y, &mut self.argmax[i])
+                }
+                Layer::AvgPool2d { .. } => avg_pool2d_forward(&l.pool_shape(batch), x, y),
+                Layer::Flatten => unreachable!("handled above"),
+                Layer::Relu => per_sample(l.output.len(), batch, x, y, r::relu_forward),
+                Layer::Tanh => per_sample(l.output.len(), batch, x, y, r::tanh_forward),
+                Layer::Sigmoid => per_sample(l.output.len(), batch, x, y, r::sigmoid_forward),
+                Layer::Dropout { p } => match dropout {
+                    Some(step) => dropout_apply(l, p, self.host.seed, step, batch, x, y),
+                    None => y.copy_from_slice(x),
+                },
+            }
+            if dropout.is_some() {
+                record(&mut self.profile, i, started);
+            }
+        }
+    }
+
+    fn backward(&mut self, batch: usize, step: u32) {
+        let layers = self.host.net.layers.len();
+        for (i, l) in self.host.net.layers.iter().enumerate().rev() {
+            let started = Instant::now();
+            if let Layer::Flatten = l.layer {
+                self.acts.swap(i, i + 1);
+                self.d_acts.swap(i, i + 1);
+                record(&mut self.profile, layers + i, started);
+                continue;
+            }
+            if self.relu_before.get(i + 1) == Some(&true) {
+                // The next layer's input gradient has been through this ReLU already.
+                self.d_acts.swap(i, i + 1);
+                record(&mut self.profile, layers + i, started);
+                continue;
+            }
+            let x = &self.acts[i][..batch * l.input.len()];
+            let relu_input = self.relu_before[i].then_some(x);
+            let y = &self.acts[i + 1][..batch * l.output.len()];
+            let (before, after) = self.d_acts.split_at_mut(i + 1);
+            let (d_x, d_y) = (
+                &mut before[i][..batch * l.input.len()],
+                &after[0][..batch * l.output.len()],
+            );
+            let first = i == 0;
+            match l.layer {
+                Layer::Conv2d { .. } => {
+                    let s = l.conv_shape(batch);
+                    let (w, b) = (l.weight.unwrap(), l.bias);
+                    let (lo, hi) = self.grads.split_at_mut(w + 1);
+                    let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
+                    let ws = self.convs[i].as_mut().unwrap();
+                    conv2d_backward_weight(&s, d_y, &mut lo[w], d_bias, ws);
+                    if !first {
+                        conv2d_backward_input(&s, d_y, &self.host.params[w], relu_input, d_x, ws);
+                    }
+                }
+                Layer::Dense { .. } => {
+                    let s = l.dense_shape(batch);
+                    let (w, b) = (l.weight.unwrap(), l.bias);
+                    let (lo, hi) = self.grads.split_at_mut(w + 1);
+                    let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
+                    dense_backward_weight(&s, x, d_y, &mut lo[w], d_bias);
+                    if !first {
+                        dense_backward_input(&s, d_y, &self.host.params[w], relu_input, d_x);
+                    }
+                }
+                _ if first => {}
+                Layer::MaxPool2d { .. } => {
+                    max_pool2d_backward(&l.pool_shape(batch), &self.argmax[i], d_y, relu_input, d_x)
+                }
+                Layer::AvgPool2d { .. } => avg_pool2d_backward(&l.pool_shape(batch), d_y, d_x),
+                Layer::Flatten => unreachable!("handled above"),
+                Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, r::relu_backward),
+                Layer::Tanh => elementwise_backward(l, batch, y, d_y, d_x, r::tanh_backward),
+                Layer::Sigmoid => elementwise_backward(l, batch, y, d_y, d_x, r::sigmoid_backward),
+                Layer::Dropout { p } => {
+                    let seed = dropout_seed(self.host.seed, l.index);
+                    let n = l.output.len();
+                    d_x.par_chunks_mut(n)
+                        .zip(d_y.par_chunks(n))
+                        .enumerate()
+                        .for_each(|(sample, (dx, dy))| {
+                            dropout_mask(p, seed, step, sample * n, dy, dx)
+                        });
+                }
+            }
+            record(&mut self.profile, layers + i, started);
+        }
+    }
+}
+
+impl Executor for FastCpu {
+    delegate_to_host!();
+
+    fn device(&self) -> String {
+        let isa = match winograd::Isa::detect() {
+            winograd::Isa::Avx512 => "AVX-512",
+            winograd::Isa::Avx2Fma => "AVX2",
+            winograd::Isa::Portable => "portable",
+        };
+        format!(
+            "CPU (Winograd and im2col + SGEMM, {isa}, {} threads)",
+            rayon::current_num_threads()
+        )
+    }
+
+    fn test_logits(&mut self) -> Result<Vec<f32>> {
+        let classes = self.host.net.classes();
+        let mut logits = Vec::with_capacity(self.host.test.len() * classes);
+        let all: Vec<u32> = (0..self.host.test.len() as u32).collect();
+        for chunk in all.chunks(self.capacity) {
+            gather(
+                &self.host.test,
+                chunk,
+                self.host.norm,
+                &mut self.acts[0],
+                &mut self.labels,
+            );
+            self.forward(chunk.len(), None);
+            logits.extend_from_slice(&self.acts.last().unwrap()[..chunk.len() * classes]);
+        }
+        Ok(logits)
+    }
+
+    fn train_step(&mut self, start: usize, len: usize, step: u32, sgd: Sgd) -> Result<()> {
+        anyhow::ensure!(
+            len >= 1 && len <= self.capacity,
+            "a batch of {len}: this executor was built for up to {}",
+            self.capacity
+        );
+        let layers = self.host.net.layers.len();
+        let started = Instant::now();
+        gather(
+            &self.host.train,
+            &self.host.order[start..start + len],
+            self.host.norm,
+            &mut self.acts[0],
+            &mut self.labels,
+        );
+        record(&mut self.profile, 2 * layers, started);
+        self.forward(len, Some(step));
+        let started = Instant::now();
+        let classes = self.host.net.classes();
+        let logits = &self.acts.last().unwrap()[..len * classes];
+        let loss = loss_forward(self.host.net.loss(), classes, logits, &self.labels);
+        if !loss.is_finite() {
+            return Err(Diverged { step, loss }.into());
+        }
+        let correct = r::count_correct(classes, logits, &self.labels);
+        loss_backward_into(
+            self.host.net.loss(),
+            classes,
+            logits,
+            &self.labels,
+            &mut self.d_acts.last_mut().unwrap()[..len * classes],
+        );
+        record(&mut self.profile, 2 * layers + 1, started);
+        self.backward(len, step);
+        let started = Instant::now();
+        let (lr, momentum) = (sgd.lr, sgd.momentum);
+        // In pieces, so that one large tensor (a dense layer's weight) is shared by all cores.
+        const PIECE: usize = 1 << 14;
+        for ((p, g), v) in self
+            .host
+            .params
+            .iter_mut()
+            .zip(&self.grads)
+            .zip(&mut self.host.velocity)
+        {
+            p.par_chunks_mut(PIECE)
+                .zip(g.par_chunks(PIECE))
+                .zip(v.par_chunks_mut(PIECE))
+                .for_each(|((p, g), v)| r::sgd_update(lr, momentum, p, g, v));
+        }
+        record(&mut self.profile, 2 * layers + 2, started);
+        self.host.add_step(loss, correct, len);
+        Ok(())
+    }
+
+    fn evaluate(&mut self, split: Split) -> Result<Metrics> {
+        let len = if split == Split::Train {
+            self.host.train.len()
+        } else {
+            self.host.test.len()
+        };
+        let classes = self.host.net.classes();
+        let mut metrics = Metrics::default();
+        let all: Vec<u32> = (0..len as u32).collect();
+        for chunk in all.chunks(self.capacity) {
+            let data = if split == Split::Train {
+                &self.host.train
+            } else {
+                &self.host.test
+            };
+            gather(
+                data,
+                chunk,
+                self.host.norm,
+                &mut self.acts[0],
+                &mut self.labels,
+            );
+            self.forward(chunk.len(), None);
+            let logits = &self.acts.last().unwrap()[..chunk.len() * classes];
+            metrics.loss_sum += loss_forward(self.host.net.loss(), classes, logits, &self.labels)
+                as f64
+                * chunk.len() as f64;
+            metrics.correct += r::count_correct(classes, logits, &self.labels) as u64;
+            metrics.count += chunk.len() as u64;
+        }
+        Ok(metrics)
+    }
+
+    fn enable_profiling(&mut self) -> Result<()> {
+        let layers = &self.host.net.layers;
+        let mut entries: Vec<String> = layers
+            .iter()
+            .map(|l| format!("{} {} forward", l.index, l.layer))
+            .collect();
+        entries.extend(
+            layers
+                .iter()
+                .map(|l| format!("{} {} backward", l.index, l.layer)),
+        );
+        entries.extend(["gather".into(), "loss".into(), "sgd".into()]);
+        self.profile = Some(entries.into_iter().map(|e| (e, 0, 0.0)).collect());
+        Ok(())
+    }
+
+    fn profile(&self) -> Vec<ProfileEntry> {
+        let Some(p) = self.profile.as_ref() else {
+            return Vec::new();
+        };
+        let l = self.host.net.layers.len();
+        let mut order: Vec<_> = p[2 * l..2 * l + 1].to_vec(); // gather
+        order.extend_from_slice(&p[..l]);
+        order.push(p[2 * l + 1].clone()); // loss
+        order.extend(p[l..2 * l].iter().rev().cloned());
+        order.push(p[2 * l + 2].clone()); // sgd
+        order
+            .into_iter()
+            .map(|(name, calls, seconds)| ProfileEntry {
+                name,
+                calls,
+                seconds,
+                flops: 0.0,
+                bytes: 0.0,
+            })
+            .collect()
+    }
+
+    fn profile_method(&self) -> String {
+        "each layer's pass timed between ops; steps computed as without profiling".into()
+    }
+}

@@ -1,0 +1,339 @@
+//! Which kernels each op runs, described once: its shader file, the dims uniform its bind group
+//! carries, and the entry points of its forward and backward passes with how many threads or
+//! workgroups each needs. The executor builds its training and evaluation plans from these
+//! (`GpuExecutor::new`), and the op tests run exactly the same dispatches ([`super::ops`]).
+//!
+//! Adding an op to the GPU is one shader in `shaders/`, its entry in [`super::kernels::SHADERS`],
+//! and one function here (plus its arm in [`layer`]).
+
+use super::kernels::{self, Work};
+use crate::data::Normalization;
+use crate::network::{dropout_seed, ResolvedLayer};
+use crate::ops::{Conv2dShape, DenseShape, Pool2dShape};
+use crate::spec::{Layer, Loss};
+
+/// How big a dispatch is, given the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// One invocation per element of a per-sample tensor of this many elements.
+    PerSample(usize),
+    /// This many invocations, whatever the batch.
+    Threads(usize),
+    /// This many workgroups (the reductions), whatever the batch.
+    Groups(usize),
+}
+
+impl Size {
+    pub fn work(self, batch: usize) -> Work {
+        match self {
+            Size::PerSample(n) => Work::Threads((batch * n) as u32),
+            Size::Threads(n) => Work::Threads(n as u32),
+            Size::Groups(n) => Work::Groups(n as u32),
+        }
+    }
+}
+
+/// An amount that grows with the batch: `per_sample * batch + fixed`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Amount {
+    pub per_sample: f64,
+    pub fixed: f64,
+}
+
+impl Amount {
+    pub fn at(self, batch: usize) -> f64 {
+        self.per_sample * batch as f64 + self.fixed
+    }
+}
+
+fn per_sample(n: usize) -> Amount {
+    Amount {
+        per_sample: n as f64,
+        fixed: 0.0,
+    }
+}
+
+fn fixed(n: usize) -> Amount {
+    Amount {
+        per_sample: 0.0,
+        fixed: n as f64,
+    }
+}
+
+fn plus(a: Amount, b: Amount) -> Amount {
+    Amount {
+        per_sample: a.per_sample + b.per_sample,
+        fixed: a.fixed + b.fixed,
+    }
+}
+
+/// One dispatch: an entry point of the op's shader file, its size, and the work it does for the
+/// profile: floating-point operations (a multiply-add counts 2) and the bytes it must move at the
+/// least (each input read once, each output written once), both for a given batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dispatch {
+    pub entry: &'static str,
+    pub size: Size,
+    pub flops: Amount,
+    pub bytes: Amount,
+}
+
+fn dispatch(entry: &'static str, size: Size) -> Dispatch {
+    Dispatch {
+        entry,
+        size,
+        flops: Amount::default(),
+        bytes: Amount::default(),
+    }
+}
+
+impl Dispatch {
+    fn cost(self, flops: Amount, bytes: Amount) -> Dispatch {
+        Dispatch {
+            flops,
+            bytes,
+            ..self
+        }
+    }
+}
+
+/// An op's kernels. All its entry points share one bind group: the file's bindings, with `dims`
+/// as binding 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpPlan {
+    /// The shader file, `shaders/<file>.wgsl`.
+    pub file: &'static str,
+    pub dims: Vec<u32>,
+    /// Override constants of every pipeline of the op (empty where its shader has none).
+    pub constants: Vec<(&'static str, f64)>,
+    pub forward: Vec<Dispatch>,
+    /// In the order they run.
+    pub backward: Vec<Dispatch>,
+}
+
+/// A convolution (shape for one sample). `input_grad`: whether the layer before needs the
+/// gradient of the input (not for the first layer).
+pub fn conv2d(s: &Conv2dShape, bias: bool, input_grad: bool) -> OpPlan {
+    let (x_len, y_len) = (
+        s.in_channels * s.in_height * s.in_width,
+        s.out_channels * s.out_height() * s.out_width(),
+    );
+    let product = per_sample(2 * y_len * s.in_channels * s.kernel_size * s.kernel_size);
+    let traffic = plus(per_sample(4 * (x_len + y_len)), fixed(4 * s.weight_len()));
+    let mut backward = vec![
+        dispatch("conv2d_backward_weight", Size::Groups(s.weight_len())).cost(product, traffic),
+    ];
+    if bias {
+        backward.push(
+            dispatch("conv2d_backward_bias", Size::Groups(s.out_channels))
+                .cost(per_sample(y_len), per_sample(4 * y_len)),
+        );
+    }
+    if input_grad {
+        backward
+            .push(dispatch("conv2d_backward_input", Size::PerSample(x_len)).cost(product, traffic));
+    }
+    OpPlan {
+        file: "conv2d",
+        constants: Vec::new(),
+        dims: kernels::conv_dims(s, bias),
+        forward: vec![dispatch(
+            "conv2d_forward",
+            Size::PerSample(kernels::conv_forward_threads_per_sample(s)),
+        )
+        .cost(product, traffic)],
+        backward,
+    }
+}
+
+pub fn dense(s: &DenseShape, bias: bool, input_grad: bool) -> OpPlan {
+    let (n_in, n_out) = (s.in_features, s.out_features);
+    let product = per_sample(2 * n_in * n_out);
+    let traffic = plus(per_sample(4 * (n_in + n_out)), fixed(4 * n_in * n_out));
+    let mut backward =
+        vec![dispatch("dense_backward_weight", Size::Threads(n_in * n_out)).cost(product, traffic)];
+    if bias {
+        backward.push(
+            dispatch("dense_backward_bias", Size::Threads(n_out))
+                .cost(per_sample(n_out), per_sample(4 * n_out)),
+        );
+    }
+    if input_grad {
+        backward
+            .push(dispatch("dense_backward_input", Size::PerSample(n_in)).cost(product, traffic));
+    }
+    OpPlan {
+        file: "dense",
+        constants: Vec::new(),
+        dims: kernels::dense_dims(s, bias),
+        forward: vec![dispatch("dense_forward", Size::PerSample(n_out)).cost(product, traffic)],
+        backward,
+    }
+}
+
+/// Max pooling when `max`, else average pooling (shape for one sample). `relu_mask`: the layer
+/// before is a ReLU whose backward pass this op's input gradient applies ([`relu_mask_fused`]).
+pub fn pool(max: bool, s: &Pool2dShape, input_grad: bool, relu_mask: bool) -> OpPlan {
+    let (forward, backward) = if max {
+        ("max_pool2d_forward", "max_pool2d_backward")
+    } else {
+        ("avg_pool2d_forward", "avg_pool2d_backward")
+    };
+    let (x_len, y_len) = (
+        s.input_len() / s.batch.max(1),
+        s.output_len() / s.batch.max(1),
+    );
+    let (flops, bytes) = (per_sample(x_len), per_sample(4 * (x_len + y_len)));
+    let disjoint = max && s.stride == s.window;
+    assert!(
+        !relu_mask || disjoint,
+        "only the disjoint max pooling applies a ReLU mask"
+    );
+    let backward = if disjoint {
+        // One invocation per window-sized tile of the input.
+        let tiles = s.channels * s.in_height.div_ceil(s.window) * s.in_width.div_ceil(s.window);
+        dispatch("max_pool2d_backward_disjoint", Size::PerSample(tiles)).cost(flops, bytes)
+    } else {
+        dispatch(backward, Size::PerSample(x_len)).cost(flops, bytes)
+    };
+    let constants = vec![
+        ("CHANNELS", s.channels as f64),
+        ("IN_H", s.in_height as f64),
+        ("IN_W", s.in_width as f64),
+        ("OUT_H", s.out_height() as f64),
+        ("OUT_W", s.out_width() as f64),
+        ("WINDOW", s.window as f64),
+        ("STRIDE", s.stride as f64),
+        ("RELU_MASK", relu_mask as u8 as f64),
+    ];
+    OpPlan {
+        file: "pool",
+        dims: kernels::pool_dims(s),
+        constants,
+        forward: vec![dispatch(forward, Size::PerSample(y_len)).cost(flops, bytes)],
+        backward: if input_grad {
+            vec![backward]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Whether layer `i` is a ReLU whose backward pass the layer after it applies in its own input
+/// gradient (a max pooling with disjoint windows), so that the ReLU runs no backward kernel and
+/// its input gradient is the next layer's (the executor aliases the two buffers).
+pub fn relu_mask_fused(layers: &[ResolvedLayer], i: usize) -> bool {
+    matches!(layers[i].layer, Layer::Relu)
+        && i > 0
+        && matches!(
+            layers.get(i + 1).map(|l| l.layer),
+            Some(Layer::MaxPool2d { window, stride }) if window == stride
+        )
+}
+
+/// An elementwise op of `file` whose entry points are `<name>_forward` and `<name>_backward`,
+/// over `per_sample` elements a sample.
+fn elementwise(
+    file: &'static str,
+    entries: (&'static str, &'static str),
+    dims: Vec<u32>,
+    per_sample: usize,
+    input_grad: bool,
+) -> OpPlan {
+    OpPlan {
+        file,
+        dims,
+        constants: Vec::new(),
+        forward: vec![dispatch(entries.0, Size::PerSample(per_sample)).cost(
+            self::per_sample(per_sample),
+            self::per_sample(8 * per_sample),
+        )],
+        backward: if input_grad {
+            vec![dispatch(entries.1, Size::PerSample(per_sample)).cost(
+                self::per_sample(per_sample),
+                self::per_sample(12 * per_sample),
+            )]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// ReLU, tanh or sigmoid over `per_sample` elements a sample.
+pub fn activation(layer: &Layer, per_sample: usize, input_grad: bool) -> OpPlan {
+    let entries = match layer {
+        Layer::Relu => ("relu_forward", "relu_backward"),
+        Layer::Tanh => ("tanh_forward", "tanh_backward"),
+        Layer::Sigmoid => ("sigmoid_forward", "sigmoid_backward"),
+        other => panic!("{other} is not an activation"),
+    };
+    let dims = kernels::element_dims(per_sample);
+    elementwise("activation", entries, dims, per_sample, input_grad)
+}
+
+/// Dropout with probability `p` and the layer's mask seed, over `per_sample` elements a sample.
+pub fn dropout(per_sample: usize, p: f32, seed: u32, input_grad: bool) -> OpPlan {
+    let dims = kernels::dropout_dims(per_sample, p, seed);
+    let entries = ("dropout_forward", "dropout_backward");
+    elementwise("dropout", entries, dims, per_sample, input_grad)
+}
+
+/// Layer `i` of a network; `None` for a flatten, which runs nothing (its buffers alias).
+pub fn layer(layers: &[ResolvedLayer], i: usize, seed: u64) -> Option<OpPlan> {
+    let l = &layers[i];
+    // The first layer's input gradient is never needed; a fused ReLU's is computed by the next
+    // layer.
+    let input_grad = i > 0 && !relu_mask_fused(layers, i);
+    let relu_mask = i > 0 && relu_mask_fused(layers, i - 1);
+    Some(match l.layer {
+        Layer::Conv2d { bias, .. } => conv2d(&l.conv_shape(1), bias, input_grad),
+        Layer::Dense { bias, .. } => dense(&l.dense_shape(1), bias, input_grad),
+        Layer::MaxPool2d { .. } => pool(true, &l.pool_shape(1), input_grad, relu_mask),
+        Layer::AvgPool2d { .. } => pool(false, &l.pool_shape(1), input_grad, false),
+        Layer::Relu | Layer::Tanh | Layer::Sigmoid => {
+            activation(&l.layer, l.output.len(), input_grad)
+        }
+        Layer::Dropout { p } => dropout(l.output.len(), p, dropout_seed(seed, l.index), input_grad),
+        Layer::Flatten => return None,
+    })
+}
+
+/// The loss and its gradient on the logits (forward), then the metrics accumulation.
+pub fn loss(classes: usize, loss: Loss) -> OpPlan {
+    OpPlan {
+        file: "loss",
+        constants: Vec::new(),
+        dims: kernels::loss_dims(classes, loss),
+        forward: vec![
+            dispatch("loss_forward_backward", Size::PerSample(1))
+                .cost(per_sample(6 * classes), per_sample(4 * (2 * classes + 3))),
+            dispatch("accumulate_metrics", Size::Groups(1)).cost(per_sample(2), per_sample(8)),
+        ],
+        backward: Vec::new(),
+    }
+}
+
+/// Gathering a batch of images of `pixels` pixels, in the epoch's order or `sequential`ly.
+pub fn gather_batch(pixels: usize, sequential: bool, norm: Normalization) -> OpPlan {
+    OpPlan {
+        file: "batch",
+        constants: Vec::new(),
+        dims: kernels::batch_dims(pixels, sequential, norm.mean, norm.std),
+        forward: vec![dispatch("gather_batch", Size::PerSample(pixels))
+            .cost(per_sample(2 * pixels), per_sample(5 * pixels + 8))],
+        backward: Vec::new(),
+    }
+}
+
+/// The SGD step of one parameter tensor of `len` values.
+pub fn sgd(len: usize, lr: f32, momentum: f32) -> OpPlan {
+    OpPlan {
+        file: "sgd",
+        constants: Vec::new(),
+        dims: kernels::sgd_dims(len, lr, momentum),
+        forward: vec![
+            dispatch("sgd_update", Size::Threads(len)).cost(fixed(4 * len), fixed(20 * len))
+        ],
+        backward: Vec::new(),
+    }
+}
