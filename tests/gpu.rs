@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wgcnn::data::{load_split, Dataset, Normalization, Split, IMAGE_PIXELS};
 use wgcnn::exec::gpu::ops::Ops;
+use wgcnn::exec::gpu::plan::Fused;
 use wgcnn::exec::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
 use wgcnn::exec::reference::CpuReference;
 use wgcnn::exec::{Executor, Sgd};
@@ -111,6 +112,9 @@ fn conv2d_matches_the_cpu_reference() {
         (1, 1, 1, 1, 1, 1, 1, 0, true),   // 1x1x1x1
         (5, 16, 12, 12, 32, 3, 1, 1, true), // several channels, 23040 outputs (not a multiple of 64)
         (2, 3, 8, 8, 2, 4, 2, 3, true),     // even kernel, padding larger than half the kernel
+        // Several tiles of the fast kernels in every dimension: 2 blocks of 16 input channels, 3
+        // of 16 output channels, widths not a multiple of 4, several split-K slices.
+        (3, 20, 14, 13, 40, 3, 1, 1, true),
     ];
     for (grid, ops) in op_runners() {
         for &(batch, cin, h, w, cout, k, stride, padding, bias) in &shapes {
@@ -145,6 +149,32 @@ fn conv2d_matches_the_cpu_reference() {
             close(&format!("{tag} d_weight"), &gpu.d_weight, &dw, (1e-4, 1e-4));
             if bias.is_some() {
                 close(&format!("{tag} d_bias"), &gpu.d_bias, &db, (1e-4, 1e-4));
+            }
+            if ops.kernels.fast() {
+                // The fast kernels' fusions: a ReLU applied by the forward pass, and the mask of
+                // a ReLU before the layer applied by the input gradient (x > 0 as that ReLU's
+                // output). Same sums as above, so the same tolerances.
+                let fused = Fused {
+                    relu: true,
+                    relu_mask: true,
+                };
+                let gpu = ops.conv2d_fused(&s, &x, &wt, bias, &d_out, fused).unwrap();
+                let mut relu_y = vec![0.0; y.len()];
+                relu_forward(&y, &mut relu_y);
+                let mut masked = vec![0.0; dx.len()];
+                relu_backward(&x, &dx, &mut masked);
+                close(
+                    &format!("{tag} output + ReLU"),
+                    &gpu.output,
+                    &relu_y,
+                    LINEAR,
+                );
+                close(
+                    &format!("{tag} d_input x ReLU mask"),
+                    &gpu.d_input,
+                    &masked,
+                    LINEAR,
+                );
             }
         }
     }
@@ -215,6 +245,7 @@ fn dense_matches_the_cpu_reference() {
             (7, 33, 17, false),
             (3, 1, 1, true),
             (65, 100, 129, true),
+            (33, 70, 40, true), // the fast forward's strips of outputs (>= 32), 3 blocks of samples
         ] {
             let s = DenseShape {
                 batch,
@@ -241,6 +272,30 @@ fn dense_matches_the_cpu_reference() {
             close(&format!("{tag} d_weight"), &gpu.d_weight, &dw, LINEAR);
             if bias.is_some() {
                 close(&format!("{tag} d_bias"), &gpu.d_bias, &db, LINEAR);
+            }
+            if ops.kernels.fast() {
+                // The fast kernels' fusions, as in the convolution test.
+                let fused = Fused {
+                    relu: true,
+                    relu_mask: true,
+                };
+                let gpu = ops.dense_fused(&s, &x, &wt, bias, &d_out, fused).unwrap();
+                let mut relu_y = vec![0.0; y.len()];
+                relu_forward(&y, &mut relu_y);
+                let mut masked = vec![0.0; dx.len()];
+                relu_backward(&x, &dx, &mut masked);
+                close(
+                    &format!("{tag} output + ReLU"),
+                    &gpu.output,
+                    &relu_y,
+                    LINEAR,
+                );
+                close(
+                    &format!("{tag} d_input x ReLU mask"),
+                    &gpu.d_input,
+                    &masked,
+                    LINEAR,
+                );
             }
         }
     }
@@ -509,6 +564,13 @@ fn training_trajectories_match_the_cpu_reference() {
         ("relu-maxpool", 8, 0.05), // max pooling
         ("sigmoid-bce", 5, 0.5), // sigmoid + binary cross-entropy; 48 % 5 != 0: a short last batch
         ("two-conv", 6, 0.05),   // stacked convolutions with several channels
+        // ReLUs fused into the fast kernels: applied by the convolution and dense layer before
+        // them, and their masks by the convolution, max pooling and dense layer after them.
+        (
+            "conv6k3-relu-conv12k3-relu-maxpool2-dense40-relu-dense10",
+            8,
+            0.05,
+        ),
         (
             "conv4k3s2p1nb-relu-maxpool3s2-dense12-sigmoid-dense10-mse",
             7,

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use wgpu::util::DeviceExt;
 
-/// Storage buffers one shader stage binds at most (conv2d and dense bind ten: their dimensions,
-/// the per-step words, and eight tensors).
-pub const STORAGE_BUFFERS_PER_STAGE: u32 = 10;
+/// Storage buffers one shader stage binds at most (the fast conv2d binds eleven: its dimensions,
+/// the per-step words, eight tensors and the split-K scratch).
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 11;
 
 /// How a GPU was chosen: `--adapter NAME` (or `WGPU_ADAPTER_NAME`), and `WGPU_BACKEND`.
 #[derive(Debug, Clone, Default)]
@@ -29,9 +29,9 @@ pub struct Gpu {
     /// Whether the device was opened with timestamp queries (`bench --profile` then times every
     /// kernel on the GPU's clock without waiting between kernels).
     pub timestamps: bool,
-    /// Whether the device was opened with subgroup operations, which the fast convolution and
-    /// dense kernels use where the adapter offers them (WGCNN_NO_SUBGROUPS=1 turns them off; the
-    /// kernels then fall back to a path without them).
+    /// Whether the device was opened with subgroup operations (subgroups of 8 invocations or
+    /// more), which the fast convolution and dense kernels need; without them (or with
+    /// WGCNN_NO_SUBGROUPS=1) the portable kernels run instead.
     pub subgroups: bool,
     errors: Arc<Mutex<Vec<String>>>,
 }
@@ -128,6 +128,7 @@ impl Gpu {
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY)
             && std::env::var_os("WGCNN_NO_TIMESTAMPS").is_none_or(|v| v.is_empty() || v == "0");
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size >= 8
             && std::env::var_os("WGCNN_NO_SUBGROUPS").is_none_or(|v| v.is_empty() || v == "0");
         let mut features = wgpu::Features::empty();
         if timestamps {

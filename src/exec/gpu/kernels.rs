@@ -31,6 +31,9 @@ pub struct ShaderFile {
     pub source: &'static str,
     pub bindings: &'static [Access],
     pub entry_points: &'static [&'static str],
+    /// Needs subgroup operations (with subgroups of at least 8 invocations): compiled only where
+    /// the device has them; the op's `*_portable` file runs elsewhere.
+    pub subgroups: bool,
 }
 
 /// conv2d and dense: dims, step, input, weight, bias, output, d_output, d_input, d_weight, d_bias.
@@ -39,6 +42,12 @@ const LAYER_WITH_PARAMS: &[Access] = &[
 ];
 /// pool, activation, dropout: dims, step, input, output, d_output, d_input.
 const LAYER_WITHOUT_PARAMS: &[Access] = &[Constants, Constants, Read, ReadWrite, Read, ReadWrite];
+/// The fast conv2d: [`LAYER_WITH_PARAMS`] and a scratch buffer for the split-K partial sums of the
+/// weight gradient.
+const CONV_FAST: &[Access] = &[
+    Constants, Constants, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite,
+    ReadWrite,
+];
 
 pub const SHADERS: &[ShaderFile] = &[
     ShaderFile {
@@ -46,10 +55,23 @@ pub const SHADERS: &[ShaderFile] = &[
         source: include_str!("../../../shaders/batch.wgsl"),
         bindings: &[Constants, Constants, Read, Read, Read, ReadWrite, ReadWrite],
         entry_points: &["gather_batch"],
+        subgroups: false,
     },
     ShaderFile {
         name: "conv2d",
         source: include_str!("../../../shaders/conv2d.wgsl"),
+        bindings: CONV_FAST,
+        entry_points: &[
+            "conv2d_forward",
+            "conv2d_backward_input",
+            "conv2d_backward_weight",
+            "conv2d_backward_weight_reduce",
+        ],
+        subgroups: true,
+    },
+    ShaderFile {
+        name: "conv2d_portable",
+        source: include_str!("../../../shaders/conv2d_portable.wgsl"),
         bindings: LAYER_WITH_PARAMS,
         entry_points: &[
             "conv2d_forward",
@@ -57,6 +79,7 @@ pub const SHADERS: &[ShaderFile] = &[
             "conv2d_backward_weight",
             "conv2d_backward_bias",
         ],
+        subgroups: false,
     },
     ShaderFile {
         name: "pool",
@@ -69,6 +92,7 @@ pub const SHADERS: &[ShaderFile] = &[
             "avg_pool2d_forward",
             "avg_pool2d_backward",
         ],
+        subgroups: false,
     },
     ShaderFile {
         name: "dense",
@@ -76,10 +100,24 @@ pub const SHADERS: &[ShaderFile] = &[
         bindings: LAYER_WITH_PARAMS,
         entry_points: &[
             "dense_forward",
+            "dense_forward_by_sample",
             "dense_backward_input",
             "dense_backward_weight",
             "dense_backward_bias",
         ],
+        subgroups: true,
+    },
+    ShaderFile {
+        name: "dense_portable",
+        source: include_str!("../../../shaders/dense_portable.wgsl"),
+        bindings: LAYER_WITH_PARAMS,
+        entry_points: &[
+            "dense_forward",
+            "dense_backward_input",
+            "dense_backward_weight",
+            "dense_backward_bias",
+        ],
+        subgroups: false,
     },
     ShaderFile {
         name: "activation",
@@ -93,12 +131,14 @@ pub const SHADERS: &[ShaderFile] = &[
             "sigmoid_forward",
             "sigmoid_backward",
         ],
+        subgroups: false,
     },
     ShaderFile {
         name: "dropout",
         source: include_str!("../../../shaders/dropout.wgsl"),
         bindings: LAYER_WITHOUT_PARAMS,
         entry_points: &["dropout_forward", "dropout_backward"],
+        subgroups: false,
     },
     ShaderFile {
         name: "loss",
@@ -107,12 +147,14 @@ pub const SHADERS: &[ShaderFile] = &[
             Constants, Constants, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
         ],
         entry_points: &["loss_forward_backward", "accumulate_metrics"],
+        subgroups: false,
     },
     ShaderFile {
         name: "sgd",
         source: include_str!("../../../shaders/sgd.wgsl"),
         bindings: &[Constants, ReadWrite, Read, ReadWrite],
         entry_points: &["sgd_update"],
+        subgroups: false,
     },
 ];
 
@@ -126,6 +168,9 @@ pub enum Work {
     Threads(u32),
     /// One workgroup per item (the reductions).
     Groups(u32),
+    /// Exactly this grid of workgroups (the tiled kernels, which read their tile from
+    /// `workgroup_id`).
+    Grid(u32, u32, u32),
 }
 
 /// A pipeline's override constants: `(name, value)` pairs, the same for every entry point of an
@@ -137,8 +182,6 @@ pub type Constants = [(&'static str, f64)];
 pub struct Kernels {
     modules: HashMap<&'static str, wgpu::ShaderModule>,
     layouts: HashMap<&'static str, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
-    /// Which file each entry point is in.
-    files: HashMap<&'static str, &'static str>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     max_groups_per_dimension: u32,
 }
@@ -147,8 +190,7 @@ impl Kernels {
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
         let mut modules = HashMap::new();
         let mut layouts = HashMap::new();
-        let mut files = HashMap::new();
-        for file in SHADERS {
+        for file in SHADERS.iter().filter(|f| gpu.subgroups || !f.subgroups) {
             let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
             let module = gpu
                 .device
@@ -192,9 +234,6 @@ impl Kernels {
             if let Some(e) = pollster::block_on(scope.pop()) {
                 return Err(anyhow!("compiling shaders/{}.wgsl: {e}", file.name));
             }
-            for &entry in file.entry_points {
-                files.insert(entry, file.name);
-            }
             modules.insert(file.name, module);
             layouts.insert(file.name, (layout, pipeline_layout));
         }
@@ -202,27 +241,34 @@ impl Kernels {
         Ok(Kernels {
             modules,
             layouts,
-            files,
             pipelines: Mutex::default(),
             max_groups_per_dimension: gpu.limits.max_compute_workgroups_per_dimension,
         })
     }
 
-    /// The pipeline of `entry` specialised with `constants`, built the first time it is asked for.
+    /// Whether the fast convolution and dense kernels (which need subgroups) run on this device;
+    /// else their `*_portable` files do.
+    pub fn fast(&self) -> bool {
+        self.modules.contains_key("conv2d")
+    }
+
+    /// The pipeline of `entry` in `shaders/<file>.wgsl` specialised with `constants`, built the
+    /// first time it is asked for.
     pub fn pipeline(
         &self,
         gpu: &Gpu,
+        file: &str,
         entry: &str,
         constants: &Constants,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
-        let key = format!("{entry}{constants:?}");
+        let key = format!("{file}/{entry}{constants:?}");
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let file = *self
-            .files
-            .get(entry)
-            .ok_or_else(|| anyhow!("no shader has an entry point {entry}"))?;
+        anyhow::ensure!(
+            self.modules.contains_key(file),
+            "shaders/{file}.wgsl is not compiled on this device"
+        );
         let values: Vec<(&str, f64)> = constants.to_vec();
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = gpu
@@ -284,6 +330,7 @@ impl Kernels {
         let groups = match work {
             Work::Threads(n) => n.div_ceil(WORKGROUP),
             Work::Groups(n) => n,
+            Work::Grid(x, y, _) => return (x, y),
         }
         .max(1);
         let x = groups.min(self.max_groups_per_dimension);
@@ -298,9 +345,13 @@ impl Kernels {
         work: Work,
     ) {
         let (x, y) = self.grid(work);
+        let z = match work {
+            Work::Grid(_, _, z) => z,
+            _ => 1,
+        };
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        pass.dispatch_workgroups(x, y, z);
     }
 }
 

@@ -144,12 +144,15 @@ impl GpuExecutor {
         let step_words = g.constants("step", &[0; 4]);
 
         // Activations (for the largest batch) and their gradients (for the training batch).
-        // Flatten is a reshape: its output aliases its input, its gradient likewise.
+        // Flatten is a reshape: its output aliases its input, its gradient likewise; so does a
+        // ReLU that the layer before applies in its forward epilogue.
         let layers = &net.layers;
+        let fast = kernels.fast();
         let mut acts = vec![g.storage("input batch", 4 * (capacity * net.input.len()) as u64)];
-        for l in layers {
+        for (i, l) in layers.iter().enumerate() {
             let buffer = match l.layer {
                 Layer::Flatten => acts.last().unwrap().clone(),
+                _ if plan::relu_forward_fused(layers, i, fast) => acts.last().unwrap().clone(),
                 _ => g.storage(
                     &format!("layer {} output", l.index),
                     4 * (capacity * l.output.len()) as u64,
@@ -165,7 +168,7 @@ impl GpuExecutor {
                 // A flatten's gradient is its output's; so is a ReLU's whose backward pass the
                 // next layer applies.
                 Layer::Flatten => d_acts[i + 1].clone().unwrap(),
-                _ if plan::relu_mask_fused(layers, i) => d_acts[i + 1].clone().unwrap(),
+                _ if plan::relu_mask_fused(layers, i, fast) => d_acts[i + 1].clone().unwrap(),
                 _ => g.storage(
                     &format!("layer {} d_input", l.index),
                     4 * (batch_size * l.input.len()) as u64,
@@ -176,6 +179,7 @@ impl GpuExecutor {
         let unused_bias = g.storage("unused bias", 4);
         let unused_d_input = g.storage("unused d_input", 4);
         let unused_d_bias = g.storage("unused d_bias", 4);
+        let unused_input = g.storage("unused input", 4);
 
         let param_buffers: Vec<wgpu::Buffer> = net
             .params
@@ -233,7 +237,7 @@ impl GpuExecutor {
                 .map(|&dispatch| {
                     Ok(Planned {
                         dispatch,
-                        pipeline: k.pipeline(g, dispatch.entry, &op.constants)?,
+                        pipeline: k.pipeline(g, op.file, dispatch.entry, &op.constants)?,
                         bind_group,
                     })
                 })
@@ -260,15 +264,22 @@ impl GpuExecutor {
         // Forward dispatches in layer order; backward ones collected, run in reverse after the loss.
         let mut backward = Vec::new();
         for (i, l) in layers.iter().enumerate() {
-            let Some(op) = plan::layer(layers, i, seed) else {
+            let Some(op) = plan::layer(layers, i, seed, fast) else {
                 continue; // a flatten: its buffers alias
             };
-            let (x, y) = (&acts[i], &acts[i + 1]);
+            // A ReLU whose forward pass the layer before applies reads no input (and its output
+            // is that input: a bind group cannot hold the buffer twice).
+            let x = if plan::relu_forward_fused(layers, i, fast) {
+                &unused_input
+            } else {
+                &acts[i]
+            };
+            let y = &acts[i + 1];
             let d_y = d_acts[i + 1].as_ref().unwrap();
             // A layer that computes no input gradient binds a placeholder (a fused ReLU's
             // gradient buffer is its output's, which a bind group cannot hold twice).
             let d_x = match &d_acts[i] {
-                Some(d_x) if !plan::relu_mask_fused(layers, i) => d_x,
+                Some(d_x) if !plan::relu_mask_fused(layers, i, fast) => d_x,
                 _ => &unused_d_input,
             };
             let label = format!("layer {i} {}", l.layer);
@@ -279,7 +290,12 @@ impl GpuExecutor {
                         None => (&unused_bias, &unused_d_bias),
                     };
                     let (weight, d_weight) = (&param_buffers[w], &grad_buffers[w]);
-                    let buffers = [&step_words, x, weight, bias, y, d_y, d_x, d_weight, d_bias];
+                    let scratch = g.storage(&format!("{label} scratch"), 4 * op.scratch as u64);
+                    let mut buffers =
+                        vec![&step_words, x, weight, bias, y, d_y, d_x, d_weight, d_bias];
+                    if op.scratch > 0 {
+                        buffers.push(&scratch);
+                    }
                     bind(&op, &label, &buffers)
                 }
                 None => bind(&op, &label, &[&step_words, x, y, d_y, d_x]),
@@ -327,6 +343,20 @@ impl GpuExecutor {
             );
             bind_groups.push(bg);
             train_plan.extend(planned(&sgd, &sgd.forward, bind_groups.len() - 1)?);
+        }
+        // The tiled kernels take their grid as it is (no 2-D flattening): it must fit the device.
+        let max_groups = g.limits.max_compute_workgroups_per_dimension;
+        for (plan, batch) in [(&train_plan, batch_size), (&eval_plan, eval_batch)] {
+            for d in plan.iter() {
+                if let kernels::Work::Grid(x, y, z) = d.dispatch.size.work(batch) {
+                    if x.max(y).max(z) > max_groups {
+                        bail!(
+                            "batch size {batch} needs a grid of {x}x{y}x{z} workgroups for {}, more than this GPU's {max_groups} per dimension; use a smaller --batch-size",
+                            d.dispatch.entry
+                        );
+                    }
+                }
+            }
         }
         g.check("allocating buffers and bind groups")?;
 
@@ -515,7 +545,12 @@ impl GpuExecutor {
 
 impl Executor for GpuExecutor {
     fn device(&self) -> String {
-        self.gpu.describe()
+        let kernels = if self.kernels.fast() {
+            "subgroup kernels"
+        } else {
+            "portable kernels"
+        };
+        format!("{}, {kernels}", self.gpu.describe())
     }
 
     fn network(&self) -> &Network {

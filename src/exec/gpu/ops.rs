@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::data::Normalization;
 use crate::exec::gpu::context::Gpu;
 use crate::exec::gpu::kernels::{self, Kernels};
-use crate::exec::gpu::plan::{self, OpPlan};
+use crate::exec::gpu::plan::{self, Fused, OpPlan};
 use crate::ops::{Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::{Layer, Loss};
 
@@ -67,7 +67,9 @@ impl Ops<'_> {
                 timestamp_writes: None,
             });
             for d in op.forward.iter().chain(&op.backward) {
-                let pipeline = self.kernels.pipeline(self.gpu, d.entry, &op.constants)?;
+                let pipeline = self
+                    .kernels
+                    .pipeline(self.gpu, op.file, d.entry, &op.constants)?;
                 let work = d.size.work(batch);
                 self.kernels
                     .dispatch(&mut pass, &pipeline, &bind_group, work);
@@ -86,7 +88,21 @@ impl Ops<'_> {
         bias: Option<&[f32]>,
         d_output: &[f32],
     ) -> Result<LayerResult> {
-        let op = plan::conv2d(s, bias.is_some(), true);
+        self.conv2d_fused(s, input, weight, bias, d_output, Fused::default())
+    }
+
+    /// [`Ops::conv2d`] with the fast kernels' fusions: the forward pass applies a ReLU, the input
+    /// gradient the mask `input > 0` (of a ReLU before the layer).
+    pub fn conv2d_fused(
+        &self,
+        s: &Conv2dShape,
+        input: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        d_output: &[f32],
+        fused: Fused,
+    ) -> Result<LayerResult> {
+        let op = plan::conv2d(s, bias.is_some(), true, self.kernels.fast(), fused);
         let lens = [
             s.output_len(),
             s.input_len(),
@@ -105,12 +121,25 @@ impl Ops<'_> {
         bias: Option<&[f32]>,
         d_output: &[f32],
     ) -> Result<LayerResult> {
+        self.dense_fused(s, input, weight, bias, d_output, Fused::default())
+    }
+
+    /// [`Ops::dense`] with the fast kernels' fusions, as [`Ops::conv2d_fused`].
+    pub fn dense_fused(
+        &self,
+        s: &DenseShape,
+        input: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        d_output: &[f32],
+        fused: Fused,
+    ) -> Result<LayerResult> {
         let (n_in, n_out, n_w) = (
             s.batch * s.in_features,
             s.batch * s.out_features,
             s.in_features * s.out_features,
         );
-        let op = plan::dense(s, bias.is_some(), true);
+        let op = plan::dense(s, bias.is_some(), true, self.kernels.fast(), fused);
         let lens = [n_out, n_in, n_w, s.out_features];
         self.layer_with_params(&op, s.batch, [input, weight, d_output], bias, lens)
     }
@@ -137,7 +166,8 @@ impl Ops<'_> {
         let names = ["output", "d_input", "d_weight", "d_bias"];
         let [b_output, b_d_input, b_d_weight, b_d_bias] =
             [0, 1, 2, 3].map(|i| self.zeros(names[i], lens[i]));
-        let buffers = [
+        let scratch = self.zeros("scratch", op.scratch);
+        let mut buffers = vec![
             &step,
             &b_input,
             &b_weight,
@@ -148,6 +178,9 @@ impl Ops<'_> {
             &b_d_weight,
             &b_d_bias,
         ];
+        if op.scratch > 0 {
+            buffers.push(&scratch);
+        }
         self.run(op, batch, &buffers)?;
         let out = g.read_f32(
             &[

@@ -21,6 +21,42 @@ pub enum Size {
     Threads(usize),
     /// This many workgroups (the reductions), whatever the batch.
     Groups(usize),
+    /// A grid of workgroups (the tiled kernels), each dimension growing with the batch or not.
+    Grid([Extent; 3]),
+}
+
+/// One dimension of a [`Size::Grid`]: `ceil((per_sample * batch + fixed) / per_group)` workgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub per_sample: usize,
+    pub fixed: usize,
+    pub per_group: usize,
+}
+
+impl Extent {
+    /// `n` workgroups whatever the batch.
+    pub fn groups(n: usize) -> Extent {
+        Extent {
+            per_sample: 0,
+            fixed: n,
+            per_group: 1,
+        }
+    }
+
+    /// Enough workgroups of `per_group` items for `per_sample` items a sample.
+    pub fn per_sample(per_sample: usize, per_group: usize) -> Extent {
+        Extent {
+            per_sample,
+            fixed: 0,
+            per_group,
+        }
+    }
+
+    pub fn at(self, batch: usize) -> usize {
+        (self.per_sample * batch + self.fixed)
+            .div_ceil(self.per_group)
+            .max(1)
+    }
 }
 
 impl Size {
@@ -29,6 +65,11 @@ impl Size {
             Size::PerSample(n) => Work::Threads((batch * n) as u32),
             Size::Threads(n) => Work::Threads(n as u32),
             Size::Groups(n) => Work::Groups(n as u32),
+            Size::Grid(g) => Work::Grid(
+                g[0].at(batch) as u32,
+                g[1].at(batch) as u32,
+                g[2].at(batch) as u32,
+            ),
         }
     }
 }
@@ -106,20 +147,127 @@ pub struct OpPlan {
     pub dims: Vec<u32>,
     /// Override constants of every pipeline of the op (empty where its shader has none).
     pub constants: Vec<(&'static str, f64)>,
+    /// Floats of scratch memory the op binds after its usual bindings (0: none).
+    pub scratch: usize,
     pub forward: Vec<Dispatch>,
     /// In the order they run.
     pub backward: Vec<Dispatch>,
 }
 
+/// What the fast kernels of a layer with parameters fuse: a ReLU after it applied in its forward
+/// epilogue, the mask of a ReLU before it applied in its input gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fused {
+    pub relu: bool,
+    pub relu_mask: bool,
+}
+
+fn g(x: Extent, y: Extent, z: Extent) -> Size {
+    Size::Grid([x, y, z])
+}
+
 /// A convolution (shape for one sample). `input_grad`: whether the layer before needs the
-/// gradient of the input (not for the first layer).
-pub fn conv2d(s: &Conv2dShape, bias: bool, input_grad: bool) -> OpPlan {
+/// gradient of the input (not for the first layer). `fast`: the subgroup kernels of
+/// `conv2d.wgsl` (else the direct loops of `conv2d_portable.wgsl`, which fuse nothing).
+pub fn conv2d(s: &Conv2dShape, bias: bool, input_grad: bool, fast: bool, fused: Fused) -> OpPlan {
     let (x_len, y_len) = (
         s.in_channels * s.in_height * s.in_width,
         s.out_channels * s.out_height() * s.out_width(),
     );
     let product = per_sample(2 * y_len * s.in_channels * s.kernel_size * s.kernel_size);
     let traffic = plus(per_sample(4 * (x_len + y_len)), fixed(4 * s.weight_len()));
+    if !fast {
+        assert_eq!(
+            fused,
+            Fused::default(),
+            "the portable convolution fuses nothing"
+        );
+        return conv2d_portable(s, bias, input_grad, product, traffic);
+    }
+    let k = s.kernel_size;
+    // Lanes of the weight gradient: (input channel, kernel row, block of 3 kernel columns).
+    let lanes_w = s.in_channels * k * k.div_ceil(3);
+    let wg_w = lanes_w.next_multiple_of(8).min(64);
+    // Split-K slices of the weight gradient: enough workgroups to keep every core busy. Fixed per
+    // layer (not per batch): the result's bits depend on it.
+    let splits = (64 / (lanes_w.div_ceil(64) * s.out_channels.div_ceil(8))).clamp(2, 32);
+    let reduced = s.weight_len() + if bias { s.out_channels } else { 0 };
+    let mut backward = vec![
+        dispatch(
+            "conv2d_backward_weight",
+            g(
+                Extent::groups(lanes_w.div_ceil(wg_w)),
+                Extent::groups(s.out_channels.div_ceil(8)),
+                Extent::groups(splits),
+            ),
+        )
+        .cost(
+            plus(product, per_sample(if bias { y_len } else { 0 })),
+            plus(traffic, fixed(4 * splits * reduced)),
+        ),
+        dispatch(
+            "conv2d_backward_weight_reduce",
+            g(
+                Extent::groups(reduced.div_ceil(64)),
+                Extent::groups(1),
+                Extent::groups(1),
+            ),
+        )
+        .cost(fixed(splits * reduced), fixed(4 * (splits + 1) * reduced)),
+    ];
+    if input_grad {
+        backward.push(
+            dispatch(
+                "conv2d_backward_input",
+                g(
+                    Extent::per_sample(s.in_height * s.in_width.div_ceil(4), 64),
+                    Extent::groups(s.in_channels.div_ceil(16)),
+                    Extent::groups(1),
+                ),
+            )
+            .cost(product, traffic),
+        );
+    }
+    let flag = |b: bool| b as u8 as f64;
+    OpPlan {
+        file: "conv2d",
+        dims: kernels::conv_dims(s, bias),
+        constants: vec![
+            ("C_IN", s.in_channels as f64),
+            ("IN_H", s.in_height as f64),
+            ("IN_W", s.in_width as f64),
+            ("C_OUT", s.out_channels as f64),
+            ("KS", k as f64),
+            ("STRIDE", s.stride as f64),
+            ("PAD", s.padding as f64),
+            ("HAS_BIAS", flag(bias)),
+            ("RELU", flag(fused.relu)),
+            ("RELU_MASK", flag(fused.relu_mask)),
+            ("SPLITS", splits as f64),
+            ("WG_W", wg_w as f64),
+        ],
+        scratch: splits * reduced,
+        forward: vec![dispatch(
+            "conv2d_forward",
+            g(
+                Extent::per_sample(s.out_height() * s.out_width().div_ceil(4), 64),
+                Extent::groups(s.out_channels.div_ceil(16)),
+                Extent::groups(1),
+            ),
+        )
+        .cost(product, traffic)],
+        backward,
+    }
+}
+
+fn conv2d_portable(
+    s: &Conv2dShape,
+    bias: bool,
+    input_grad: bool,
+    product: Amount,
+    traffic: Amount,
+) -> OpPlan {
+    let y_len = s.out_channels * s.out_height() * s.out_width();
     let mut backward = vec![
         dispatch("conv2d_backward_weight", Size::Groups(s.weight_len())).cost(product, traffic),
     ];
@@ -130,13 +278,19 @@ pub fn conv2d(s: &Conv2dShape, bias: bool, input_grad: bool) -> OpPlan {
         );
     }
     if input_grad {
-        backward
-            .push(dispatch("conv2d_backward_input", Size::PerSample(x_len)).cost(product, traffic));
+        backward.push(
+            dispatch(
+                "conv2d_backward_input",
+                Size::PerSample(s.in_channels * s.in_height * s.in_width),
+            )
+            .cost(product, traffic),
+        );
     }
     OpPlan {
-        file: "conv2d",
-        constants: Vec::new(),
+        file: "conv2d_portable",
         dims: kernels::conv_dims(s, bias),
+        constants: Vec::new(),
+        scratch: 0,
         forward: vec![dispatch(
             "conv2d_forward",
             Size::PerSample(kernels::conv_forward_threads_per_sample(s)),
@@ -146,27 +300,111 @@ pub fn conv2d(s: &Conv2dShape, bias: bool, input_grad: bool) -> OpPlan {
     }
 }
 
-pub fn dense(s: &DenseShape, bias: bool, input_grad: bool) -> OpPlan {
+/// A dense layer; `fast` and `fused` as for [`conv2d`].
+pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fused) -> OpPlan {
     let (n_in, n_out) = (s.in_features, s.out_features);
     let product = per_sample(2 * n_in * n_out);
     let traffic = plus(per_sample(4 * (n_in + n_out)), fixed(4 * n_in * n_out));
-    let mut backward =
-        vec![dispatch("dense_backward_weight", Size::Threads(n_in * n_out)).cost(product, traffic)];
+    let bias_cost = (per_sample(n_out), per_sample(4 * n_out));
+    if !fast {
+        assert_eq!(
+            fused,
+            Fused::default(),
+            "the portable dense layer fuses nothing"
+        );
+        let mut backward = vec![
+            dispatch("dense_backward_weight", Size::Threads(n_in * n_out)).cost(product, traffic),
+        ];
+        if bias {
+            backward.push(
+                dispatch("dense_backward_bias", Size::Threads(n_out))
+                    .cost(bias_cost.0, bias_cost.1),
+            );
+        }
+        if input_grad {
+            backward.push(
+                dispatch("dense_backward_input", Size::PerSample(n_in)).cost(product, traffic),
+            );
+        }
+        return OpPlan {
+            file: "dense_portable",
+            dims: kernels::dense_dims(s, bias),
+            constants: Vec::new(),
+            scratch: 0,
+            forward: vec![dispatch("dense_forward", Size::PerSample(n_out)).cost(product, traffic)],
+            backward,
+        };
+    }
+    let strips_in = n_in.div_ceil(4);
+    let strips_out = n_out.div_ceil(4);
+    let wg_d = strips_out.next_multiple_of(8).min(64);
+    let one = Extent::groups(1);
+    // Lanes over 4-wide strips of outputs, 16 samples a block; with fewer than 32 outputs there
+    // are too few strips to fill a subgroup, so lanes go over samples instead (same result).
+    let forward = if n_out >= 32 {
+        dispatch(
+            "dense_forward",
+            g(
+                Extent::groups(strips_out.div_ceil(wg_d)),
+                Extent::per_sample(1, 16),
+                one,
+            ),
+        )
+    } else {
+        dispatch(
+            "dense_forward_by_sample",
+            g(
+                Extent::per_sample(1, 64),
+                Extent::groups(n_out.div_ceil(16)),
+                one,
+            ),
+        )
+    };
+    let mut backward = vec![dispatch(
+        "dense_backward_weight",
+        g(
+            Extent::groups(strips_in.div_ceil(64)),
+            Extent::groups(n_out.div_ceil(16)),
+            one,
+        ),
+    )
+    .cost(product, traffic)];
     if bias {
         backward.push(
-            dispatch("dense_backward_bias", Size::Threads(n_out))
-                .cost(per_sample(n_out), per_sample(4 * n_out)),
+            dispatch(
+                "dense_backward_bias",
+                g(Extent::groups(n_out.div_ceil(64)), one, one),
+            )
+            .cost(bias_cost.0, bias_cost.1),
         );
     }
     if input_grad {
-        backward
-            .push(dispatch("dense_backward_input", Size::PerSample(n_in)).cost(product, traffic));
+        backward.push(
+            dispatch(
+                "dense_backward_input",
+                g(
+                    Extent::groups(strips_in.div_ceil(64)),
+                    Extent::per_sample(1, 16),
+                    one,
+                ),
+            )
+            .cost(product, traffic),
+        );
     }
+    let flag = |b: bool| b as u8 as f64;
     OpPlan {
         file: "dense",
-        constants: Vec::new(),
         dims: kernels::dense_dims(s, bias),
-        forward: vec![dispatch("dense_forward", Size::PerSample(n_out)).cost(product, traffic)],
+        constants: vec![
+            ("IN_F", n_in as f64),
+            ("OUT_F", n_out as f64),
+            ("HAS_BIAS", flag(bias)),
+            ("RELU", flag(fused.relu)),
+            ("RELU_MASK", flag(fused.relu_mask)),
+            ("WG_D", wg_d as f64),
+        ],
+        scratch: 0,
+        forward: vec![forward.cost(product, traffic)],
         backward,
     }
 }
@@ -210,6 +448,7 @@ pub fn pool(max: bool, s: &Pool2dShape, input_grad: bool, relu_mask: bool) -> Op
         file: "pool",
         dims: kernels::pool_dims(s),
         constants,
+        scratch: 0,
         forward: vec![dispatch(forward, Size::PerSample(y_len)).cost(flops, bytes)],
         backward: if input_grad {
             vec![backward]
@@ -220,14 +459,28 @@ pub fn pool(max: bool, s: &Pool2dShape, input_grad: bool, relu_mask: bool) -> Op
 }
 
 /// Whether layer `i` is a ReLU whose backward pass the layer after it applies in its own input
-/// gradient (a max pooling with disjoint windows), so that the ReLU runs no backward kernel and
-/// its input gradient is the next layer's (the executor aliases the two buffers).
-pub fn relu_mask_fused(layers: &[ResolvedLayer], i: usize) -> bool {
+/// gradient (a max pooling with disjoint windows; with the fast kernels also a convolution or a
+/// dense layer), so that the ReLU runs no backward kernel and its input gradient is the next
+/// layer's (the executor aliases the two buffers).
+pub fn relu_mask_fused(layers: &[ResolvedLayer], i: usize, fast: bool) -> bool {
     matches!(layers[i].layer, Layer::Relu)
         && i > 0
+        && match layers.get(i + 1).map(|l| l.layer) {
+            Some(Layer::MaxPool2d { window, stride }) => window == stride,
+            Some(Layer::Conv2d { .. } | Layer::Dense { .. }) => fast,
+            _ => false,
+        }
+}
+
+/// Whether layer `i` is a ReLU that the convolution or dense layer before it applies in its
+/// forward epilogue (fast kernels only), so that the ReLU runs no forward kernel and its output is
+/// the layer before's (the executor aliases the two buffers).
+pub fn relu_forward_fused(layers: &[ResolvedLayer], i: usize, fast: bool) -> bool {
+    fast && i > 0
+        && matches!(layers[i].layer, Layer::Relu)
         && matches!(
-            layers.get(i + 1).map(|l| l.layer),
-            Some(Layer::MaxPool2d { window, stride }) if window == stride
+            layers[i - 1].layer,
+            Layer::Conv2d { .. } | Layer::Dense { .. }
         )
 }
 
@@ -244,6 +497,7 @@ fn elementwise(
         file,
         dims,
         constants: Vec::new(),
+        scratch: 0,
         forward: vec![dispatch(entries.0, Size::PerSample(per_sample)).cost(
             self::per_sample(per_sample),
             self::per_sample(8 * per_sample),
@@ -279,17 +533,26 @@ pub fn dropout(per_sample: usize, p: f32, seed: u32, input_grad: bool) -> OpPlan
 }
 
 /// Layer `i` of a network; `None` for a flatten, which runs nothing (its buffers alias).
-pub fn layer(layers: &[ResolvedLayer], i: usize, seed: u64) -> Option<OpPlan> {
+pub fn layer(layers: &[ResolvedLayer], i: usize, seed: u64, fast: bool) -> Option<OpPlan> {
     let l = &layers[i];
     // The first layer's input gradient is never needed; a fused ReLU's is computed by the next
     // layer.
-    let input_grad = i > 0 && !relu_mask_fused(layers, i);
-    let relu_mask = i > 0 && relu_mask_fused(layers, i - 1);
+    let input_grad = i > 0 && !relu_mask_fused(layers, i, fast);
+    let relu_mask = i > 0 && relu_mask_fused(layers, i - 1, fast);
+    let fused = Fused {
+        relu: i + 1 < layers.len() && relu_forward_fused(layers, i + 1, fast),
+        relu_mask,
+    };
     Some(match l.layer {
-        Layer::Conv2d { bias, .. } => conv2d(&l.conv_shape(1), bias, input_grad),
-        Layer::Dense { bias, .. } => dense(&l.dense_shape(1), bias, input_grad),
+        Layer::Conv2d { bias, .. } => conv2d(&l.conv_shape(1), bias, input_grad, fast, fused),
+        Layer::Dense { bias, .. } => dense(&l.dense_shape(1), bias, input_grad, fast, fused),
         Layer::MaxPool2d { .. } => pool(true, &l.pool_shape(1), input_grad, relu_mask),
         Layer::AvgPool2d { .. } => pool(false, &l.pool_shape(1), input_grad, false),
+        Layer::Relu if relu_forward_fused(layers, i, fast) => {
+            let mut op = activation(&l.layer, l.output.len(), input_grad);
+            op.forward.clear();
+            op
+        }
         Layer::Relu | Layer::Tanh | Layer::Sigmoid => {
             activation(&l.layer, l.output.len(), input_grad)
         }
@@ -303,6 +566,7 @@ pub fn loss(classes: usize, loss: Loss) -> OpPlan {
     OpPlan {
         file: "loss",
         constants: Vec::new(),
+        scratch: 0,
         dims: kernels::loss_dims(classes, loss),
         forward: vec![
             dispatch("loss_forward_backward", Size::PerSample(1))
@@ -318,6 +582,7 @@ pub fn gather_batch(pixels: usize, sequential: bool, norm: Normalization) -> OpP
     OpPlan {
         file: "batch",
         constants: Vec::new(),
+        scratch: 0,
         dims: kernels::batch_dims(pixels, sequential, norm.mean, norm.std),
         forward: vec![dispatch("gather_batch", Size::PerSample(pixels))
             .cost(per_sample(2 * pixels), per_sample(5 * pixels + 8))],
@@ -330,6 +595,7 @@ pub fn sgd(len: usize, lr: f32, momentum: f32) -> OpPlan {
     OpPlan {
         file: "sgd",
         constants: Vec::new(),
+        scratch: 0,
         dims: kernels::sgd_dims(len, lr, momentum),
         forward: vec![
             dispatch("sgd_update", Size::Threads(len)).cost(fixed(4 * len), fixed(20 * len))
