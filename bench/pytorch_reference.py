@@ -1,8 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch training speed on the CPU, measured exactly as `wgcnn bench` measures ours.
+"""PyTorch training speed on the CPU or a CUDA GPU, measured exactly as `wgcnn bench` measures ours.
 
     python3 bench/pytorch_reference.py --model default [--batch-size 64] [--steps 50] [--warmup 5]
                                         [--repeats 5] [--threads N] [--json]
+                                        [--device cpu|cuda] [--tf32 off|default]
+
+With --device cuda the data set, the model and every step live on the GPU, and the clock is read
+only after torch.cuda.synchronize(), before and after each repetition (CUDA runs asynchronously).
+--tf32 off (the default) computes in true fp32, as wgcnn's kernels do; --tf32 default leaves
+PyTorch's own setting (TF32 convolutions through cuDNN on Ampere and later), to show what a
+PyTorch user gets out of the box.
 
 The same network (built from the same spec, see tests/fixtures/check_checkpoint.py), the same
 MNIST files from assets/, the same batch size, SGD with the preset's lr and momentum, as many
@@ -48,7 +55,21 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--tf32", choices=["off", "default"], default="off")
     a = ap.parse_args()
+    if a.device == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("error: --device cuda: this PyTorch sees no CUDA GPU")
+        if a.tf32 == "off":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+    device = torch.device(a.device)
+
+    def sync():
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
     spec, batch, lr, momentum = PRESETS.get(a.model, (a.model, 32, 0.05, 0.9))
     batch = a.batch_size or batch
     torch.set_num_threads(a.threads)
@@ -57,17 +78,19 @@ def main():
     raw = gzip.open(os.path.join(ROOT, "assets/mnist/train-images.idx3-ubyte.gz")).read()
     images = torch.tensor(np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28)).float() / 255.0
     labels = torch.tensor(np.frombuffer(gzip.open(os.path.join(ROOT, "assets/mnist/train-labels.idx1-ubyte.gz")).read(), np.uint8, offset=8).astype(np.int64))
+    images, labels = images.to(device), labels.to(device)
     model, loss_kind = build(spec)
+    model = model.to(device)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     generator = torch.Generator().manual_seed(a.seed)
-    order = torch.randperm(len(labels), generator=generator)
+    order = torch.randperm(len(labels), generator=generator).to(device)
     position = 0
 
     def step():
         nonlocal position, order
         if position + batch > len(labels):
-            order, position = torch.randperm(len(labels), generator=generator), 0
+            order, position = torch.randperm(len(labels), generator=generator).to(device), 0
         idx = order[position:position + batch]
         position += batch
         x, y = images.index_select(0, idx), labels.index_select(0, idx)
@@ -87,14 +110,17 @@ def main():
         step()
     rates = []
     for _ in range(a.repeats):
+        sync()
         started = time.perf_counter()
         for _ in range(a.steps):
             loss = step()
-        loss.item()  # the CPU executes eagerly; this is only for symmetry with the GPU path
+        loss.item()  # waits for the last step (wgcnn's bench reads its metrics back likewise)
+        sync()
         rates.append(a.steps * batch / (time.perf_counter() - started))
     rate = statistics.median(rates)
     result = {
-        "model": a.model, "spec": spec, "device": f"PyTorch {torch.__version__} CPU, {torch.get_num_threads()} threads",
+        "model": a.model, "spec": spec, "device": (f"PyTorch {torch.__version__} CPU, {torch.get_num_threads()} threads" if a.device == "cpu"
+                   else f"PyTorch {torch.__version__} CUDA {torch.cuda.get_device_name()}, TF32 {a.tf32}"),
         "batch_size": batch, "steps": a.steps, "repeats": a.repeats, "images_per_second": rates,
         "median_images_per_second": rate, "median_step_ms": 1000.0 * batch / rate, "epoch_seconds": len(labels) / rate,
         "train_images": len(labels),

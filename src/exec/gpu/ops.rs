@@ -208,13 +208,26 @@ impl Ops<'_> {
         input: &[f32],
         d_output: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.pool2d_masked(max, s, input, d_output, false)
+    }
+
+    /// [`Ops::pool2d`]; with `relu_mask` the input gradient also applies the mask `input > 0` of
+    /// a ReLU before the layer (disjoint max pooling only, as in the executor's plan).
+    pub fn pool2d_masked(
+        &self,
+        max: bool,
+        s: &Pool2dShape,
+        input: &[f32],
+        d_output: &[f32],
+        relu_mask: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         let g = self.gpu;
         let step = g.constants("step", &kernels::step_words(s.batch, 0, 0, true));
         let b_input = g.storage_init("input", bytes(input));
         let b_output = self.zeros("output", s.output_len());
         let b_d_output = g.storage_init("d_output", bytes(d_output));
         let b_d_input = self.zeros("d_input", s.input_len());
-        let op = plan::pool(max, s, true, false);
+        let op = plan::pool(max, s, true, relu_mask);
         self.run(
             &op,
             s.batch,

@@ -1,0 +1,312 @@
+//! Whole networks: the reference's gradients against finite differences, its SGD steps against
+//! PyTorch, and training trajectories on every executor against the reference, written once.
+
+mod common;
+
+use common::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use wgcnn::data::{Dataset, Normalization, Split};
+use wgcnn::exec::fast::FastCpu;
+use wgcnn::exec::gpu::GpuExecutor;
+use wgcnn::exec::reference::{network_backward, network_forward, CpuReference};
+use wgcnn::exec::{Executor, Sgd};
+use wgcnn::network::{Network, Shape};
+use wgcnn::ops::*;
+use wgcnn::spec::NetSpec;
+
+#[test]
+fn fixtures_record_the_torch_version_that_made_them() {
+    let f = Fixture::load("layers.safetensors");
+    assert!(
+        f.metadata("torch_version").starts_with('2'),
+        "{}",
+        f.metadata("torch_version")
+    );
+}
+
+/// The whole network, composed: a small net with every kind of layer, checked in f64 end to end.
+#[test]
+fn whole_network_gradients_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let specs = [
+        "conv3k3s2p1-tanh-avgpool2s1-conv2k2-relu-maxpool2-dense5-sigmoid-dense4",
+        "conv2k3nb-sigmoid-dropout0.4-dense6-tanh-dense4-bce",
+        "conv4k2s2-maxpool2s1-dense4nb-mse",
+    ];
+    let input = Shape {
+        channels: 1,
+        height: 9,
+        width: 9,
+    };
+    for text in specs {
+        let spec = NetSpec::parse(text).unwrap();
+        let net = Network::new(&spec, input).unwrap();
+        let batch = 2;
+        let params: Vec<Vec<f64>> = net
+            .params
+            .iter()
+            .map(|p| random_f64(&mut rng, p.len()))
+            .collect();
+        let images = random_f64(&mut rng, batch * input.len());
+        let labels = [1u8, 3];
+        let dropout = Some((11, 2));
+        let total_loss = |params: &[Vec<f64>]| {
+            let acts = network_forward(&net, params, images.clone(), batch, dropout);
+            loss_forward(net.loss(), net.classes(), acts.last().unwrap(), &labels)
+        };
+        let acts = network_forward(&net, &params, images.clone(), batch, dropout);
+        let d_logits = loss_backward(net.loss(), net.classes(), acts.last().unwrap(), &labels);
+        let grads = network_backward(&net, &params, &acts, d_logits, batch, dropout);
+        for (i, info) in net.params.iter().enumerate() {
+            check_gradient(
+                &format!("{text}: {}", info.name),
+                &params[i],
+                &grads[i],
+                |v| {
+                    let mut p = params.clone();
+                    p[i] = v.to_vec();
+                    total_loss(&p)
+                },
+            );
+        }
+    }
+}
+
+/// Two SGD steps (momentum 0.9) of whole presets: losses, first-step gradients of every
+/// parameter, and every parameter after both steps.
+///
+/// Tolerance: as for layers. After two steps, parameters differ from PyTorch's by lr times the
+/// gradient differences (at most ~1e-5 with lr <= 0.5), well inside 5e-5.
+#[test]
+fn training_steps_match_pytorch() {
+    let f = Fixture::load("steps.safetensors");
+    for name in ["tanh-avgpool", "dropout", "relu-maxpool-bce"] {
+        let spec = NetSpec::parse(&f.metadata(&format!("{name}.spec"))).unwrap();
+        let net = Network::new(
+            &spec,
+            Shape {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+        )
+        .unwrap();
+        let hyper = f.f32(&format!("{name}.hyper"));
+        let sgd = Sgd {
+            lr: hyper[0],
+            momentum: hyper[1],
+        };
+        let seed = hyper[2] as u64;
+        let pixels = f.u8(&format!("{name}.pixels"));
+        let labels = f.u8(&format!("{name}.labels"));
+        let batch = labels.len();
+        let data = Dataset {
+            images: pixels,
+            labels,
+            source: "fixture".into(),
+        };
+        let init: Vec<Vec<f32>> = net
+            .params
+            .iter()
+            .map(|p| f.f32(&format!("{name}.init.{}", p.name)))
+            .collect();
+        let mut exec = CpuReference::new(
+            net.clone(),
+            init,
+            data.clone(),
+            data.clone(),
+            Normalization::UNIT,
+            seed,
+        );
+
+        // Gradients of the first step, before any update.
+        let order: Vec<u32> = (0..batch as u32).collect();
+        let (images, labels) = wgcnn::ops::gather_batch(&data, &order, Normalization::UNIT);
+        let (_, _, grads) = exec.forward_backward(images, &labels, 0);
+        for (p, g) in net.params.iter().zip(&grads) {
+            close_torch(
+                &format!("{name} step 0 gradient {}", p.name),
+                g,
+                &f.f32(&format!("{name}.grad.{}", p.name)),
+            );
+        }
+
+        let expected_losses = f.f32(&format!("{name}.losses"));
+        exec.begin_epoch(&order).unwrap();
+        for (step, &expected) in expected_losses.iter().enumerate() {
+            exec.train_step(0, batch, step as u32, sgd).unwrap();
+            let m = exec.take_train_metrics().unwrap();
+            close_torch(
+                &format!("{name} loss of step {step}"),
+                &[m.mean_loss() as f32],
+                &[expected],
+            );
+        }
+        let after = exec.parameters().unwrap();
+        for (p, value) in net.params.iter().zip(&after) {
+            close_torch(
+                &format!("{name} {} after 2 steps", p.name),
+                value,
+                &f.f32(&format!("{name}.after.{}", p.name)),
+            );
+        }
+    }
+}
+
+/// Every executor of this machine for a network: the fast CPU executor and, where there is one,
+/// the GPU (limited by `WGCNN_TEST_EXECUTORS`).
+fn executors(
+    net: &Network,
+    params: &[Vec<f32>],
+    data: &Dataset,
+    seed: u64,
+    batch: usize,
+) -> Vec<(String, Box<dyn Executor>)> {
+    let mut all: Vec<(String, Box<dyn Executor>)> = Vec::new();
+    if executor_wanted("fast") {
+        let fast = FastCpu::new(
+            net.clone(),
+            params.to_vec(),
+            data.clone(),
+            data.clone(),
+            Normalization::UNIT,
+            seed,
+            batch,
+        );
+        all.push((fast.device(), Box::new(fast)));
+    }
+    if let Some(d) = device() {
+        let gpu = GpuExecutor::new(
+            d.gpu.clone(),
+            d.kernels.clone(),
+            net.clone(),
+            params,
+            data,
+            data,
+            Normalization::UNIT,
+            seed,
+            batch,
+        )
+        .unwrap();
+        all.push((gpu.device(), Box::new(gpu)));
+    }
+    all
+}
+
+/// Several SGD steps of whole networks from identical weights on the same batches, on every
+/// executor and on the CPU reference: the loss, the accuracy count and every parameter agree after
+/// every step, and so does the evaluation that follows.
+#[test]
+fn training_trajectories_match_the_reference_on_every_executor() {
+    let data = mnist_subset(52);
+    // (spec or preset, batch, lr)
+    let networks = [
+        ("tanh-avgpool", 8, 0.05), // average pooling
+        ("dropout", 8, 0.05),      // dropout: the same masks everywhere
+        ("relu-maxpool", 8, 0.05), // max pooling after a ReLU
+        ("sigmoid-bce", 5, 0.5), // sigmoid + binary cross-entropy; 52 % 5 != 0: a short last batch
+        ("sigmoid-bce", 13, 0.5), // 52 = 4 x 13
+        ("two-conv", 6, 0.05),   // stacked convolutions with several channels
+        // ReLUs fused: applied by the convolution and dense layer before them, and their masks by
+        // the convolution, max pooling and dense layer after them (GPU and fast CPU alike).
+        (
+            "conv6k3-relu-conv12k3-relu-maxpool2-dense40-relu-dense10",
+            8,
+            0.05,
+        ),
+        // Winograd on the fast CPU executor, padding 1 and 2.
+        (
+            "conv4k3-relu-conv8k3p1-relu-conv6k3p2-relu-maxpool2-dense16-relu-dense10",
+            8,
+            0.05,
+        ),
+        // Stride, padding, no bias, overlapping max pooling, MSE; batch 7 and batch 1.
+        (
+            "conv4k3s2p1nb-relu-maxpool3s2-dense12-sigmoid-dense10-mse",
+            7,
+            0.5,
+        ),
+        (
+            "conv4k3s2p1nb-relu-maxpool3s2-dense12-sigmoid-dense10-mse",
+            1,
+            0.5,
+        ),
+    ];
+    for (name, batch, lr) in networks {
+        let text = wgcnn::spec::preset(name)
+            .map(|p| p.spec.to_string())
+            .unwrap_or_else(|_| name.to_string());
+        let net = Network::new(
+            &NetSpec::parse(&text).unwrap(),
+            Shape {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+        )
+        .unwrap();
+        let seed = 5;
+        let params = net.init_params(seed);
+        for (device, mut exec) in executors(&net, &params, &data, seed, batch) {
+            let mut reference = CpuReference::new(
+                net.clone(),
+                params.clone(),
+                data.clone(),
+                data.clone(),
+                Normalization::UNIT,
+                seed,
+            );
+            let order: Vec<u32> = (0..data.len() as u32).rev().collect();
+            reference.begin_epoch(&order).unwrap();
+            exec.begin_epoch(&order).unwrap();
+            let sgd = Sgd { lr, momentum: 0.9 };
+            let steps = data.len().div_ceil(batch).min(13);
+            assert!(steps >= 4);
+            for step in 0..steps {
+                let start = step * batch;
+                let len = batch.min(data.len() - start);
+                reference.train_step(start, len, step as u32, sgd).unwrap();
+                exec.train_step(start, len, step as u32, sgd).unwrap();
+                let (r, e) = (
+                    reference.take_train_metrics().unwrap(),
+                    exec.take_train_metrics().unwrap(),
+                );
+                let tag = format!("{name} (batch {batch}) on {device}: step {step}");
+                assert_eq!(
+                    (r.count, r.correct),
+                    (e.count, e.correct),
+                    "{tag}: count and correct"
+                );
+                // Differences start at a few ULP and are carried along by training; after 13
+                // steps of lr <= 0.5 with momentum 0.9 they stay below 1e-4 relative in the loss
+                // and 1e-3 in the parameters (observed ~1e-6).
+                close_tol(
+                    &format!("{tag} loss"),
+                    &[e.mean_loss() as f32],
+                    &[r.mean_loss() as f32],
+                    (1e-5, 1e-4),
+                );
+                let (pr, pe) = (reference.parameters().unwrap(), exec.parameters().unwrap());
+                for (info, (r, e)) in net.params.iter().zip(pr.iter().zip(&pe)) {
+                    close_tol(&format!("{tag} {}", info.name), e, r, (2e-5, 1e-3));
+                }
+            }
+            let (r, e) = (
+                reference.evaluate(Split::Test).unwrap(),
+                exec.evaluate(Split::Test).unwrap(),
+            );
+            assert_eq!(
+                r.correct, e.correct,
+                "{name} on {device}: evaluation correct count"
+            );
+            close_tol(
+                &format!("{name} on {device}: evaluation loss"),
+                &[e.mean_loss() as f32],
+                &[r.mean_loss() as f32],
+                (1e-5, 1e-4),
+            );
+            assert_eq!(exec.test_logits().unwrap().len(), data.len() * 10);
+        }
+    }
+}
