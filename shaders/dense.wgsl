@@ -156,12 +156,16 @@ fn store_y1(n: u32, o: u32, v4: vec4<f32>) {
 
 // Variant for narrow layers (OUT_F < 32, e.g. the 10-way classifier): lanes = samples; block
 // 16 outputs x 4 along `in` (vec4 partial sums); the 16 weight rows are shared through the subgroup.
-// Same bindings and result as dense_forward. Grid: (ceil(N / 64), ceil(OUT_F / 16), 1).
-@compute @workgroup_size(WG)
+// Same bindings and result as dense_forward. Grid: (ceil(N / WG_S), ceil(OUT_F / 16), 1).
+// WG_S, the workgroup size, is the subgroup size (the host sets it, 8 at least): with 64 lanes a
+// workgroup, a batch of 32 was ONE workgroup, so one core of llvmpipe did the whole layer
+// (3.1 ms for 1352 -> 10 at batch 32; 8 lanes a workgroup spread it over four).
+override WG_S: u32 = 64u;
+@compute @workgroup_size(WG_S)
 fn dense_forward_by_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                            @builtin(subgroup_invocation_id) sgl: u32) {
     let l8 = sgl & 7u;
-    let n_raw = wid.x * WG + lid;
+    let n_raw = wid.x * WG_S + lid;
     let live = n_raw < run.batch;
     let n = min(n_raw, run.batch - 1u);
     let o0 = wid.y * 16u;

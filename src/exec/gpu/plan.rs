@@ -300,6 +300,11 @@ fn conv2d_portable(
     }
 }
 
+/// Workgroup size of `dense_forward_by_sample`: one llvmpipe subgroup, so that a batch of 32
+/// spreads over four workgroups (cores) instead of one. On a GPU whose subgroups are wider the
+/// workgroup is a partial subgroup; the kernel is the 10-way classifier, a small share of a step.
+const WG_S: usize = 8;
+
 /// A dense layer; `fast` and `fused` as for [`conv2d`].
 pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fused) -> OpPlan {
     let (n_in, n_out) = (s.in_features, s.out_features);
@@ -354,7 +359,7 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
         dispatch(
             "dense_forward_by_sample",
             g(
-                Extent::per_sample(1, 64),
+                Extent::per_sample(1, WG_S),
                 Extent::groups(n_out.div_ceil(16)),
                 one,
             ),
@@ -402,6 +407,7 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
             ("RELU", flag(fused.relu)),
             ("RELU_MASK", flag(fused.relu_mask)),
             ("WG_D", wg_d as f64),
+            ("WG_S", WG_S as f64),
         ],
         scratch: 0,
         forward: vec![forward.cost(product, traffic)],
