@@ -485,7 +485,7 @@ impl OpRunner for GpuRunner {
         if fused != Fused::default() && !self.ops.kernels.fast() {
             return None;
         }
-        Some(self.ops.conv2d_fused(s, x, w, b, d_y, fused).unwrap())
+        Some(self.ops.conv2d(s, x, w, b, d_y, fused).unwrap())
     }
     fn dense(
         &self,
@@ -499,7 +499,7 @@ impl OpRunner for GpuRunner {
         if fused != Fused::default() && !self.ops.kernels.fast() {
             return None;
         }
-        Some(self.ops.dense_fused(s, x, w, b, d_y, fused).unwrap())
+        Some(self.ops.dense(s, x, w, b, d_y, fused).unwrap())
     }
     fn pool2d(
         &self,

@@ -180,8 +180,10 @@ fn a_dispatch_larger_than_65535_workgroups_uses_a_2d_grid() {
         gpu: &d.gpu,
         kernels: &d.kernels,
     };
-    // Batch 1100 of 28x28 into 24 channels: 1100 x 6 x 676 = 4.46M forward invocations (four
-    // channels each), 69,713 workgroups of 64: over the 65535 one grid dimension allows.
+    // Batch 1100 of 28x28 into 24 channels. The portable kernel (no subgroups) runs 1100 x 6 x 676
+    // = 4.46M forward invocations (four channels each), 69,713 workgroups of 64: over the 65535
+    // one grid dimension allows, so it runs on a 2-D grid. The subgroup kernel tiles its own 3-D
+    // grid (3129 x 2 x 1 here); the ReLU below needs a 2-D grid either way.
     let s = Conv2dShape {
         batch: 1100,
         in_channels: 1,
@@ -202,7 +204,9 @@ fn a_dispatch_larger_than_65535_workgroups_uses_a_2d_grid() {
     let wt = random_scaled(&mut rng, s.weight_len(), 1.0);
     let b = random_scaled(&mut rng, 24, 1.0);
     let d_out = random_scaled(&mut rng, s.output_len(), 1.0);
-    let gpu = ops.conv2d(&s, &x, &wt, Some(&b), &d_out).unwrap();
+    let gpu = ops
+        .conv2d(&s, &x, &wt, Some(&b), &d_out, Fused::default())
+        .unwrap();
     let mut y = vec![0.0; s.output_len()];
     conv2d_forward(&s, &x, &wt, Some(&b), &mut y);
     close_tol("conv2d forward, batch 1100", &gpu.output, &y, LINEAR);

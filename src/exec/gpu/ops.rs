@@ -79,21 +79,10 @@ impl Ops<'_> {
         Ok(())
     }
 
-    /// conv2d forward, backward input, backward weight and bias, in one submission.
+    /// conv2d forward, backward input, backward weight and bias, in one submission. `fused` (fast
+    /// kernels only): the forward pass applies a ReLU, the input gradient the mask `input > 0` (of
+    /// a ReLU before the layer).
     pub fn conv2d(
-        &self,
-        s: &Conv2dShape,
-        input: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        d_output: &[f32],
-    ) -> Result<LayerResult> {
-        self.conv2d_fused(s, input, weight, bias, d_output, Fused::default())
-    }
-
-    /// [`Ops::conv2d`] with the fast kernels' fusions: the forward pass applies a ReLU, the input
-    /// gradient the mask `input > 0` (of a ReLU before the layer).
-    pub fn conv2d_fused(
         &self,
         s: &Conv2dShape,
         input: &[f32],
@@ -112,20 +101,8 @@ impl Ops<'_> {
         self.layer_with_params(&op, s.batch, [input, weight, d_output], bias, lens)
     }
 
-    /// Dense forward and both backward passes.
+    /// Dense forward and both backward passes; `fused` as for [`Ops::conv2d`].
     pub fn dense(
-        &self,
-        s: &DenseShape,
-        input: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        d_output: &[f32],
-    ) -> Result<LayerResult> {
-        self.dense_fused(s, input, weight, bias, d_output, Fused::default())
-    }
-
-    /// [`Ops::dense`] with the fast kernels' fusions, as [`Ops::conv2d_fused`].
-    pub fn dense_fused(
         &self,
         s: &DenseShape,
         input: &[f32],
