@@ -1,5 +1,5 @@
 // Elementwise activations; each backward pass uses the forward *output*.
-// CPU twin: src/reference.rs relu_* / tanh_* / sigmoid_*.
+// CPU twin: src/ops/activation.rs relu_* / tanh_* / sigmoid_*.
 
 struct ElementDims { per_sample: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
 struct Step { batch: u32, step: u32, start: u32, training: u32 }

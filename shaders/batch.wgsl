@@ -1,6 +1,6 @@
 // Gather a batch from the data set that lives on the GPU as u8 pixels (packed four to a u32, since
 // 60000 images as f32 would exceed the default 128 MiB storage binding) and normalise it:
-// x = (pixel / 255 - mean) / std. CPU twin: src/cpu.rs gather_batch.
+// x = (pixel / 255 - mean) / std. CPU twin: src/ops/batch.rs gather_batch.
 
 struct BatchDims { pixels: u32, sequential: u32, mean: f32, deviation: f32 } // sequential: 1 = images start.., 0 = order[start..]
 struct Step { batch: u32, step: u32, start: u32, training: u32 }

@@ -1,5 +1,5 @@
 // Inverted dropout with a mask drawn from a counter-based hash of (seed, step, element index):
-// the same hash as src/reference.rs (hash_u32, dropout_uniform), so masks are identical to the CPU's.
+// the same hash as src/ops/dropout.rs (hash_u32, dropout_uniform), so masks are identical to the CPU's.
 // At evaluation (run.training == 0) dropout is the identity.
 
 struct DropoutDims { per_sample: u32, p: f32, seed: u32, _pad0: u32 }

@@ -1,5 +1,5 @@
 // The losses on the logits [N, classes], fused with their gradient, and the per-epoch metrics.
-// CPU twin: src/reference.rs softmax_cross_entropy_* / sigmoid_binary_cross_entropy_* /
+// CPU twin: src/ops/loss.rs softmax_cross_entropy_* / sigmoid_binary_cross_entropy_* /
 // sigmoid_mean_squared_error_* / count_correct.
 //
 // loss_forward_backward: one invocation per sample writes its loss, whether its first maximum

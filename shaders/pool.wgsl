@@ -1,5 +1,5 @@
 // Max and average pooling, NCHW, no padding (output size rounds down, as PyTorch's default).
-// CPU twin: src/reference.rs max_pool2d_* / avg_pool2d_*.
+// CPU twin: src/ops/pool.rs max_pool2d_* / avg_pool2d_*.
 // Backward passes gather: each input element visits the windows that contain it, so there are no
 // scattered adds. Max pooling sends a window's gradient to its first maximum (row-major, strict >),
 // recomputed here exactly as in the forward pass.

@@ -1,6 +1,6 @@
 // SGD with momentum, as torch.optim.SGD (no dampening, no Nesterov):
 // velocity = momentum * velocity + grad; param -= lr * velocity.
-// CPU twin: src/reference.rs sgd_update.
+// CPU twin: src/ops/sgd.rs sgd_update.
 
 struct SgdDims { len: u32, lr: f32, momentum: f32, _pad0: u32 }
 

@@ -1,6 +1,6 @@
 //! The fast CPU executor: the same layers as [`crate::ops`], spread over all cores with
 //! `rayon`, into buffers allocated once per run. It is held to the reference by
-//! `tests/fast_cpu.rs`, op by op and over training trajectories.
+//! `tests/ops/` op by op and by `tests/network.rs` over training trajectories.
 //!
 //! - 3x3 stride-1 convolutions with at least 4 input channels: Winograd ([`crate::exec::fast::winograd`]).
 //!   The forward pass keeps each sample's input transform for the weight gradient.

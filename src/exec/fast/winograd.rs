@@ -24,7 +24,7 @@
 //! F(3x3, 2x2) is derived by Toom-Cook at the points 0, 1, -1, ∞ and transposed; its `Bᵀ` would
 //! differ from the forward one only by the sign of the last row, which `G₂`'s last row absorbs,
 //! so both passes share `V`. All of it is checked against the reference's plain loops in
-//! `tests/fast_cpu.rs`. In f32 the transforms add rounding of a few ULP of the largest partial
+//! `tests/ops/conv2d.rs`. In f32 the transforms add rounding of a few ULP of the largest partial
 //! sums; F(2x2, 3x3) is the variant with the smallest error (larger tiles amplify it).
 //!
 //! Layouts (row-major; tiles numbered `ty * (tiles_x + 1) + tx` over a [`Grid`] with one spare
