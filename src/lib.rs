@@ -5,7 +5,7 @@
 //! - [`ops`]: every op's forward and backward pass as plain loops, and its shape type: the
 //!   specification. One file per op, named like its shader in `shaders/`.
 //! - [`exec`]: the [`exec::Executor`] trait and its three implementations, one folder each:
-//!   [`exec::reference`] (the ops run as written), [`exec::fast`] (Winograd / SGEMM over all
+//!   [`exec::reference`](mod@exec::reference) (the ops run as written), [`exec::fast`] (Winograd / SGEMM over all
 //!   cores) and [`exec::gpu`] (the WGSL kernels of `shaders/`).
 //! - [`data`]: MNIST from IDX (gzip or not) or CSV, every field checked.
 //! - [`spec`]: the layer catalogue, the network spec language and the named presets.

@@ -4,7 +4,7 @@
 //! only talk to this trait, so every executor shares one model definition and one loop.
 //!
 //! The executors, one folder each:
-//! - [`reference`]: the plain loops of [`crate::ops`] run as written, one thread: the specification.
+//! - [`reference`](mod@reference): the plain loops of [`crate::ops`] run as written, one thread: the specification.
 //! - [`fast`]: the fast CPU executor (Winograd, SGEMM, rayon), checked against the reference.
 //! - [`gpu`]: the WGSL kernels of `shaders/` through wgpu; [`gpu::plan`] lists each layer's
 //!   dispatches once, for the executor and the op tests alike.
