@@ -461,6 +461,13 @@ pub struct GpuRunner {
     pub ops: Ops<'static>,
 }
 
+impl GpuRunner {
+    /// Only the subgroup kernels fuse; the portable ones run the plain op.
+    fn fuses(&self, fused: Fused) -> bool {
+        fused == Fused::default() || self.ops.kernels.fast()
+    }
+}
+
 impl OpRunner for GpuRunner {
     fn name(&self) -> String {
         let path = if self.ops.kernels.fast() {
@@ -482,10 +489,8 @@ impl OpRunner for GpuRunner {
         d_y: &[f32],
         fused: Fused,
     ) -> Option<LayerResult> {
-        if fused != Fused::default() && !self.ops.kernels.fast() {
-            return None;
-        }
-        Some(self.ops.conv2d(s, x, w, b, d_y, fused).unwrap())
+        let result = || self.ops.conv2d(s, x, w, b, d_y, fused).unwrap();
+        self.fuses(fused).then(result)
     }
     fn dense(
         &self,
@@ -496,10 +501,8 @@ impl OpRunner for GpuRunner {
         d_y: &[f32],
         fused: Fused,
     ) -> Option<LayerResult> {
-        if fused != Fused::default() && !self.ops.kernels.fast() {
-            return None;
-        }
-        Some(self.ops.dense(s, x, w, b, d_y, fused).unwrap())
+        let result = || self.ops.dense(s, x, w, b, d_y, fused).unwrap();
+        self.fuses(fused).then(result)
     }
     fn pool2d(
         &self,

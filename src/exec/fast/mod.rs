@@ -354,22 +354,13 @@ impl Executor for FastCpu {
     }
 
     fn evaluate(&mut self, split: Split) -> Result<Metrics> {
-        let len = if split == Split::Train {
-            self.host.train.len()
-        } else {
-            self.host.test.len()
-        };
+        let len = self.host.data(split).len();
         let classes = self.host.net.classes();
         let mut metrics = Metrics::default();
         let all: Vec<u32> = (0..len as u32).collect();
         for chunk in all.chunks(self.capacity) {
-            let data = if split == Split::Train {
-                &self.host.train
-            } else {
-                &self.host.test
-            };
             gather(
-                data,
+                self.host.data(split),
                 chunk,
                 self.host.norm,
                 &mut self.acts[0],

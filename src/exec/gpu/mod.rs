@@ -290,12 +290,11 @@ impl GpuExecutor {
                         None => (&unused_bias, &unused_d_bias),
                     };
                     let (weight, d_weight) = (&param_buffers[w], &grad_buffers[w]);
-                    let scratch = g.storage(&format!("{label} scratch"), 4 * op.scratch as u64);
+                    let scratch = (op.scratch > 0)
+                        .then(|| g.storage(&format!("{label} scratch"), 4 * op.scratch as u64));
                     let mut buffers =
                         vec![&step_words, x, weight, bias, y, d_y, d_x, d_weight, d_bias];
-                    if op.scratch > 0 {
-                        buffers.push(&scratch);
-                    }
+                    buffers.extend(scratch.as_ref());
                     bind(&op, &label, &buffers)
                 }
                 None => bind(&op, &label, &[&step_words, x, y, d_y, d_x]),

@@ -143,7 +143,7 @@ impl Ops<'_> {
         let names = ["output", "d_input", "d_weight", "d_bias"];
         let [b_output, b_d_input, b_d_weight, b_d_bias] =
             [0, 1, 2, 3].map(|i| self.zeros(names[i], lens[i]));
-        let scratch = self.zeros("scratch", op.scratch);
+        let scratch = (op.scratch > 0).then(|| self.zeros("scratch", op.scratch));
         let mut buffers = vec![
             &step,
             &b_input,
@@ -155,9 +155,7 @@ impl Ops<'_> {
             &b_d_weight,
             &b_d_bias,
         ];
-        if op.scratch > 0 {
-            buffers.push(&scratch);
-        }
+        buffers.extend(scratch.as_ref());
         self.run(op, batch, &buffers)?;
         let out = g.read_f32(
             &[

@@ -491,12 +491,12 @@ pub fn relu_forward_fused(layers: &[ResolvedLayer], i: usize, fast: bool) -> boo
 }
 
 /// An elementwise op of `file` whose entry points are `<name>_forward` and `<name>_backward`,
-/// over `per_sample` elements a sample.
+/// over `len` elements a sample.
 fn elementwise(
     file: &'static str,
     entries: (&'static str, &'static str),
     dims: Vec<u32>,
-    per_sample: usize,
+    len: usize,
     input_grad: bool,
 ) -> OpPlan {
     OpPlan {
@@ -504,15 +504,12 @@ fn elementwise(
         dims,
         constants: Vec::new(),
         scratch: 0,
-        forward: vec![dispatch(entries.0, Size::PerSample(per_sample)).cost(
-            self::per_sample(per_sample),
-            self::per_sample(8 * per_sample),
-        )],
+        forward: vec![
+            dispatch(entries.0, Size::PerSample(len)).cost(per_sample(len), per_sample(8 * len))
+        ],
         backward: if input_grad {
-            vec![dispatch(entries.1, Size::PerSample(per_sample)).cost(
-                self::per_sample(per_sample),
-                self::per_sample(12 * per_sample),
-            )]
+            vec![dispatch(entries.1, Size::PerSample(len))
+                .cost(per_sample(len), per_sample(12 * len))]
         } else {
             Vec::new()
         },
