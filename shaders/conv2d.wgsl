@@ -71,7 +71,9 @@ override HAS_BIAS: bool = false;    // forward adds bias; backward_weight(_reduc
 override RELU: bool = false;        // forward epilogue: output = max(0, conv + bias)
 override RELU_MASK: bool = false;   // backward_input: d_input *= (input > 0) (this layer's input is a ReLU output)
 override SPLITS: u32 = 8u;          // split-K slices of the weight gradient = grid z of conv2d_backward_weight
-override WG_W: u32 = 64u;           // workgroup size of conv2d_backward_weight: min(64, roundup8(LANES_W))
+override WG_W: u32 = 64u;
+override OB: u32 = 16u;             // output channels per forward block: 16, or 8 when C_OUT <= 8
+                                    // (half the multiply-adds of a block then fall away)           // workgroup size of conv2d_backward_weight: min(64, roundup8(LANES_W))
 override OUT_H: u32 = (IN_H + 2u * PAD - KS) / STRIDE + 1u;
 override OUT_W: u32 = (IN_W + 2u * PAD - KS) / STRIDE + 1u;
 
@@ -93,8 +95,9 @@ fn fetch_g(base: u32, ox: i32, ok: bool) -> f32 {
     return select(0.0, v, ok && ox >= 0 && ox < i32(OUT_W));
 }
 
-fn store_out(ob: u32, o: u32, v0: vec4<f32>, ox0: u32) {
-    if (o >= C_OUT) { return; }
+fn store_out(ob: u32, o0: u32, j: u32, v0: vec4<f32>, ox0: u32) {
+    let o = o0 + j;
+    if (j >= OB || o >= C_OUT) { return; }
     var v = v0;
     if (HAS_BIAS) { v += vec4<f32>(bias[o]); }
     if (RELU) { v = max(v, vec4<f32>(0.0)); }
@@ -105,7 +108,7 @@ fn store_out(ob: u32, o: u32, v0: vec4<f32>, ox0: u32) {
     if (ox0 + 3u < OUT_W) { output[i + 3u] = v.w; }
 }
 
-// Grid: (ceil(N * OUT_H * TILES_X_OUT / 64), ceil(C_OUT / 16), 1).
+// Grid: (ceil(N * OUT_H * TILES_X_OUT / 64), ceil(C_OUT / OB), 1).
 @compute @workgroup_size(WG)
 fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                   @builtin(subgroup_invocation_id) sgl: u32) {
@@ -118,7 +121,7 @@ fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let r = m - n_raw * tiles;
     let oy = r / TILES_X_OUT;
     let ox0 = (r - oy * TILES_X_OUT) * PX;
-    let o0 = wid.y * 16u;
+    let o0 = wid.y * OB;
     // this lane's share of the subgroup's weights: output channels o0 + l8 and o0 + 8 + l8
     let wa_row = min(o0 + l8, C_OUT - 1u) * C_IN * KK;
     let wb_row = min(o0 + 8u + l8, C_OUT - 1u) * C_IN * KK;
@@ -151,7 +154,6 @@ fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                               fetch_in(base, ix0 + 2 * s, rowok), fetch_in(base, ix0 + 3 * s, rowok));
             for (var kx = 0u; kx < KS; kx++) {
                 let sa = weight[wa_row + wk + kx];
-                let sb = weight[wb_row + wk + kx];
                 a0 += x * subgroupShuffle(sa, 0u);
                 a1 += x * subgroupShuffle(sa, 1u);
                 a2 += x * subgroupShuffle(sa, 2u);
@@ -160,14 +162,17 @@ fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                 a5 += x * subgroupShuffle(sa, 5u);
                 a6 += x * subgroupShuffle(sa, 6u);
                 a7 += x * subgroupShuffle(sa, 7u);
-                a8 += x * subgroupShuffle(sb, 0u);
-                a9 += x * subgroupShuffle(sb, 1u);
-                a10 += x * subgroupShuffle(sb, 2u);
-                a11 += x * subgroupShuffle(sb, 3u);
-                a12 += x * subgroupShuffle(sb, 4u);
-                a13 += x * subgroupShuffle(sb, 5u);
-                a14 += x * subgroupShuffle(sb, 6u);
-                a15 += x * subgroupShuffle(sb, 7u);
+                if (OB == 16u) {
+                    let sb = weight[wb_row + wk + kx];
+                    a8 += x * subgroupShuffle(sb, 0u);
+                    a9 += x * subgroupShuffle(sb, 1u);
+                    a10 += x * subgroupShuffle(sb, 2u);
+                    a11 += x * subgroupShuffle(sb, 3u);
+                    a12 += x * subgroupShuffle(sb, 4u);
+                    a13 += x * subgroupShuffle(sb, 5u);
+                    a14 += x * subgroupShuffle(sb, 6u);
+                    a15 += x * subgroupShuffle(sb, 7u);
+                }
                 let ixn = ix0 + i32(kx) + 1;
                 if (STRIDE == 1u) {
                     x = vec4<f32>(x.yzw, fetch_in(base, ixn + 3, rowok));
@@ -180,22 +185,125 @@ fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
     if (!live) { return; }
     let ob = ((n * C_OUT) * OUT_H + oy) * OUT_W + ox0;
-    store_out(ob, o0 + 0u, a0, ox0);
-    store_out(ob, o0 + 1u, a1, ox0);
-    store_out(ob, o0 + 2u, a2, ox0);
-    store_out(ob, o0 + 3u, a3, ox0);
-    store_out(ob, o0 + 4u, a4, ox0);
-    store_out(ob, o0 + 5u, a5, ox0);
-    store_out(ob, o0 + 6u, a6, ox0);
-    store_out(ob, o0 + 7u, a7, ox0);
-    store_out(ob, o0 + 8u, a8, ox0);
-    store_out(ob, o0 + 9u, a9, ox0);
-    store_out(ob, o0 + 10u, a10, ox0);
-    store_out(ob, o0 + 11u, a11, ox0);
-    store_out(ob, o0 + 12u, a12, ox0);
-    store_out(ob, o0 + 13u, a13, ox0);
-    store_out(ob, o0 + 14u, a14, ox0);
-    store_out(ob, o0 + 15u, a15, ox0);
+    store_out(ob, o0, 0u, a0, ox0);
+    store_out(ob, o0, 1u, a1, ox0);
+    store_out(ob, o0, 2u, a2, ox0);
+    store_out(ob, o0, 3u, a3, ox0);
+    store_out(ob, o0, 4u, a4, ox0);
+    store_out(ob, o0, 5u, a5, ox0);
+    store_out(ob, o0, 6u, a6, ox0);
+    store_out(ob, o0, 7u, a7, ox0);
+    store_out(ob, o0, 8u, a8, ox0);
+    store_out(ob, o0, 9u, a9, ox0);
+    store_out(ob, o0, 10u, a10, ox0);
+    store_out(ob, o0, 11u, a11, ox0);
+    store_out(ob, o0, 12u, a12, ox0);
+    store_out(ob, o0, 13u, a13, ox0);
+    store_out(ob, o0, 14u, a14, ox0);
+    store_out(ob, o0, 15u, a15, ox0);
+}
+
+// conv2d_forward for layers with at most 8 output channels (the first layer of the small nets):
+// lanes = 8-column output strips; block 8 px x 8 channels (a: columns 0..3, b: 4..7). Twice the
+// multiply-adds per weight load of a 4-px strip, and the input strip slides along kx as in
+// conv2d_forward. Epilogue as conv2d_forward.
+// Grid: (ceil(N * OUT_H * TILES8_OUT / 64), 1, 1).
+override TILES8_OUT: u32 = (OUT_W + 7u) / 8u;
+@compute @workgroup_size(WG)
+fn conv2d_forward_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+                         @builtin(subgroup_invocation_id) sgl: u32) {
+    let l8 = sgl & 7u;
+    let m = wid.x * WG + lid;
+    let tiles = OUT_H * TILES8_OUT;
+    let n_raw = m / tiles;
+    let live = n_raw < run.batch;
+    let n = min(n_raw, run.batch - 1u);
+    let r = m - n_raw * tiles;
+    let oy = r / TILES8_OUT;
+    let ox0 = (r - oy * TILES8_OUT) * 8u;
+    let w_row = min(l8, C_OUT - 1u) * C_IN * KK;   // this lane's share of the weights: channel l8
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
+    var b0 = vec4<f32>(0.0);
+    var b1 = vec4<f32>(0.0);
+    var b2 = vec4<f32>(0.0);
+    var b3 = vec4<f32>(0.0);
+    var b4 = vec4<f32>(0.0);
+    var b5 = vec4<f32>(0.0);
+    var b6 = vec4<f32>(0.0);
+    var b7 = vec4<f32>(0.0);
+    let ix0 = i32(ox0 * STRIDE) - i32(PAD);
+    let s = i32(STRIDE);
+    for (var ky = 0u; ky < KS; ky++) {
+        let iy = i32(oy * STRIDE + ky) - i32(PAD);
+        let rowok = iy >= 0 && iy < i32(IN_H);
+        let iyc = u32(clamp(iy, 0, i32(IN_H) - 1));
+        for (var c = 0u; c < C_IN; c++) {
+            let base = ((n * C_IN + c) * IN_H + iyc) * IN_W;
+            let wk = (c * KS + ky) * KS;
+            var x = vec4<f32>(fetch_in(base, ix0, rowok), fetch_in(base, ix0 + s, rowok),
+                              fetch_in(base, ix0 + 2 * s, rowok), fetch_in(base, ix0 + 3 * s, rowok));
+            var y = vec4<f32>(fetch_in(base, ix0 + 4 * s, rowok), fetch_in(base, ix0 + 5 * s, rowok),
+                              fetch_in(base, ix0 + 6 * s, rowok), fetch_in(base, ix0 + 7 * s, rowok));
+            for (var kx = 0u; kx < KS; kx++) {
+                let sw = weight[w_row + wk + kx];
+                a0 += x * subgroupShuffle(sw, 0u);
+                a1 += x * subgroupShuffle(sw, 1u);
+                a2 += x * subgroupShuffle(sw, 2u);
+                a3 += x * subgroupShuffle(sw, 3u);
+                a4 += x * subgroupShuffle(sw, 4u);
+                a5 += x * subgroupShuffle(sw, 5u);
+                a6 += x * subgroupShuffle(sw, 6u);
+                a7 += x * subgroupShuffle(sw, 7u);
+                b0 += y * subgroupShuffle(sw, 0u);
+                b1 += y * subgroupShuffle(sw, 1u);
+                b2 += y * subgroupShuffle(sw, 2u);
+                b3 += y * subgroupShuffle(sw, 3u);
+                b4 += y * subgroupShuffle(sw, 4u);
+                b5 += y * subgroupShuffle(sw, 5u);
+                b6 += y * subgroupShuffle(sw, 6u);
+                b7 += y * subgroupShuffle(sw, 7u);
+                let ixn = ix0 + i32(kx) + 1;
+                if (kx + 1u == KS) { break; }   // no slide after the last tap (measured 10% faster
+                                                // here, but 30% slower in conv2d_forward: unrolling)
+                if (STRIDE == 1u) {
+                    x = vec4<f32>(x.yzw, y.x);
+                    y = vec4<f32>(y.yzw, fetch_in(base, ixn + 7, rowok));
+                } else {
+                    x = vec4<f32>(fetch_in(base, ixn, rowok), fetch_in(base, ixn + s, rowok),
+                                  fetch_in(base, ixn + 2 * s, rowok), fetch_in(base, ixn + 3 * s, rowok));
+                    y = vec4<f32>(fetch_in(base, ixn + 4 * s, rowok), fetch_in(base, ixn + 5 * s, rowok),
+                                  fetch_in(base, ixn + 6 * s, rowok), fetch_in(base, ixn + 7 * s, rowok));
+                }
+            }
+        }
+    }
+    if (!live) { return; }
+    let ob = ((n * C_OUT) * OUT_H + oy) * OUT_W + ox0;
+    store_out(ob, 0u, 0u, a0, ox0);
+    store_out(ob, 0u, 1u, a1, ox0);
+    store_out(ob, 0u, 2u, a2, ox0);
+    store_out(ob, 0u, 3u, a3, ox0);
+    store_out(ob, 0u, 4u, a4, ox0);
+    store_out(ob, 0u, 5u, a5, ox0);
+    store_out(ob, 0u, 6u, a6, ox0);
+    store_out(ob, 0u, 7u, a7, ox0);
+    if (ox0 + 4u < OUT_W) {
+        store_out(ob + 4u, 0u, 0u, b0, ox0 + 4u);
+        store_out(ob + 4u, 0u, 1u, b1, ox0 + 4u);
+        store_out(ob + 4u, 0u, 2u, b2, ox0 + 4u);
+        store_out(ob + 4u, 0u, 3u, b3, ox0 + 4u);
+        store_out(ob + 4u, 0u, 4u, b4, ox0 + 4u);
+        store_out(ob + 4u, 0u, 5u, b5, ox0 + 4u);
+        store_out(ob + 4u, 0u, 6u, b6, ox0 + 4u);
+        store_out(ob + 4u, 0u, 7u, b7, ox0 + 4u);
+    }
 }
 
 fn store_din(ib: u32, c: u32, v0: vec4<f32>, ix0: u32) {
@@ -465,6 +573,109 @@ fn conv2d_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
     store_partial(split, o0 + 5u, c, ky, kx0, p5); store_partial(split, o0 + 5u, c, ky, kx0 + 1u, q5); store_partial(split, o0 + 5u, c, ky, kx0 + 2u, t5);
     store_partial(split, o0 + 6u, c, ky, kx0, p6); store_partial(split, o0 + 6u, c, ky, kx0 + 1u, q6); store_partial(split, o0 + 6u, c, ky, kx0 + 2u, t6);
     store_partial(split, o0 + 7u, c, ky, kx0, p7); store_partial(split, o0 + 7u, c, ky, kx0 + 1u, q7); store_partial(split, o0 + 7u, c, ky, kx0 + 2u, t7);
+}
+
+// Split-K weight (and bias) gradient, pass 1, for layers with few input channels (the first
+// layer: C_IN = 1 leaves conv2d_backward_weight 3 busy lanes of 8), stride 1 only.
+// Lanes = 8 output channels (one d_output channel each, loaded by its own lane); each lane holds a
+// 3x3 block of taps (ky0.., kx0..) x 4 px; the input rows, the same for every lane, are loaded
+// once per subgroup (lane l loads column ix0 + l; a block's 3 taps x 4 px span 6 columns) and
+// handed out with subgroupShuffle. Loads per 4-px step: 4 of d_output + 3 of input for 9 x 4 multiply-adds a lane,
+// all lanes busy (conv2d_backward_weight: 4 + 6 loads, 3 of 8 lanes busy when C_IN = 1).
+// Writes the same partials as conv2d_backward_weight (same reduce).
+// Grid: (C_IN * TAPB * TAPB, ceil(C_OUT / 8), SPLITS); workgroup 8 = a subgroup (or part of one).
+@compute @workgroup_size(8)
+fn conv2d_backward_weight_by_channel(@builtin(workgroup_id) wid: vec3<u32>,
+                                     @builtin(local_invocation_index) lid: u32,
+                                     @builtin(subgroup_invocation_id) sgl: u32) {
+    let c = wid.x / (TAPB * TAPB);
+    let blk = wid.x - c * TAPB * TAPB;
+    let ky0 = (blk / TAPB) * 3u;
+    let kx0 = (blk - (blk / TAPB) * TAPB) * 3u;
+    let o = wid.y * 8u + lid;
+    let og = min(o, C_OUT - 1u);
+    let split = wid.z;
+    let rows = run.batch * OUT_H;
+    let r_begin = split * rows / SPLITS;
+    let r_end = (split + 1u) * rows / SPLITS;
+    var w0 = vec4<f32>(0.0);
+    var w1 = vec4<f32>(0.0);
+    var w2 = vec4<f32>(0.0);
+    var w3 = vec4<f32>(0.0);
+    var w4 = vec4<f32>(0.0);
+    var w5 = vec4<f32>(0.0);
+    var w6 = vec4<f32>(0.0);
+    var w7 = vec4<f32>(0.0);
+    var w8 = vec4<f32>(0.0);
+    var bsum = 0.0;
+    for (var rr = r_begin; rr < r_end; rr++) {
+        let n = rr / OUT_H;
+        let oy = rr - n * OUT_H;
+        let gbase = ((n * C_OUT + og) * OUT_H + oy) * OUT_W;
+        let iy0 = i32(oy + ky0) - i32(PAD);
+        let ok0 = iy0 >= 0 && iy0 < i32(IN_H);
+        let ok1 = iy0 + 1 >= 0 && iy0 + 1 < i32(IN_H);
+        let ok2 = iy0 + 2 >= 0 && iy0 + 2 < i32(IN_H);
+        let cb = (n * C_IN + c) * IN_H;
+        let xb0 = (cb + u32(clamp(iy0, 0, i32(IN_H) - 1))) * IN_W;
+        let xb1 = (cb + u32(clamp(iy0 + 1, 0, i32(IN_H) - 1))) * IN_W;
+        let xb2 = (cb + u32(clamp(iy0 + 2, 0, i32(IN_H) - 1))) * IN_W;
+        for (var ox0 = 0u; ox0 < OUT_W; ox0 += PX) {
+            let go = i32(ox0);
+            let g = vec4<f32>(fetch_g(gbase, go, true), fetch_g(gbase, go + 1, true),
+                              fetch_g(gbase, go + 2, true), fetch_g(gbase, go + 3, true));
+            bsum += (g.x + g.y) + (g.z + g.w);
+            let ix = i32(ox0 + kx0) - i32(PAD) + i32(sgl & 7u);   // this lane's input column
+            // a block's 3 taps x 4 px span 6 columns: lanes 6 and 7 load nothing (loads cost
+            // per active lane on llvmpipe)
+            var e0 = 0.0;
+            var e1 = 0.0;
+            var e2 = 0.0;
+            if ((sgl & 7u) < 6u) {
+                e0 = fetch_in(xb0, ix, ok0);
+                e1 = fetch_in(xb1, ix, ok1);
+                e2 = fetch_in(xb2, ix, ok2);
+            }
+            let e0s0 = subgroupShuffle(e0, 0u);
+            let e0s1 = subgroupShuffle(e0, 1u);
+            let e0s2 = subgroupShuffle(e0, 2u);
+            let e0s3 = subgroupShuffle(e0, 3u);
+            let e0s4 = subgroupShuffle(e0, 4u);
+            let e0s5 = subgroupShuffle(e0, 5u);
+            w0 += vec4<f32>(e0s0, e0s1, e0s2, e0s3) * g;
+            w1 += vec4<f32>(e0s1, e0s2, e0s3, e0s4) * g;
+            w2 += vec4<f32>(e0s2, e0s3, e0s4, e0s5) * g;
+            let e1s0 = subgroupShuffle(e1, 0u);
+            let e1s1 = subgroupShuffle(e1, 1u);
+            let e1s2 = subgroupShuffle(e1, 2u);
+            let e1s3 = subgroupShuffle(e1, 3u);
+            let e1s4 = subgroupShuffle(e1, 4u);
+            let e1s5 = subgroupShuffle(e1, 5u);
+            w3 += vec4<f32>(e1s0, e1s1, e1s2, e1s3) * g;
+            w4 += vec4<f32>(e1s1, e1s2, e1s3, e1s4) * g;
+            w5 += vec4<f32>(e1s2, e1s3, e1s4, e1s5) * g;
+            let e2s0 = subgroupShuffle(e2, 0u);
+            let e2s1 = subgroupShuffle(e2, 1u);
+            let e2s2 = subgroupShuffle(e2, 2u);
+            let e2s3 = subgroupShuffle(e2, 3u);
+            let e2s4 = subgroupShuffle(e2, 4u);
+            let e2s5 = subgroupShuffle(e2, 5u);
+            w6 += vec4<f32>(e2s0, e2s1, e2s2, e2s3) * g;
+            w7 += vec4<f32>(e2s1, e2s2, e2s3, e2s4) * g;
+            w8 += vec4<f32>(e2s2, e2s3, e2s4, e2s5) * g;
+        }
+    }
+    if (HAS_BIAS && wid.x == 0u && o < C_OUT) {
+        partials[SPLITS * W_LEN + split * C_OUT + o] = bsum;
+    }
+    if (o >= C_OUT) { return; }
+    store_partial(split, o, c, ky0, kx0, w0); store_partial(split, o, c, ky0, kx0 + 1u, w1); store_partial(split, o, c, ky0, kx0 + 2u, w2);
+    if (ky0 + 1u < KS) {
+        store_partial(split, o, c, ky0 + 1u, kx0, w3); store_partial(split, o, c, ky0 + 1u, kx0 + 1u, w4); store_partial(split, o, c, ky0 + 1u, kx0 + 2u, w5);
+    }
+    if (ky0 + 2u < KS) {
+        store_partial(split, o, c, ky0 + 2u, kx0, w6); store_partial(split, o, c, ky0 + 2u, kx0 + 1u, w7); store_partial(split, o, c, ky0 + 2u, kx0 + 2u, w8);
+    }
 }
 
 // Pass 2: fixed-order sum of the split partials. Grid: (ceil((W_LEN + (HAS_BIAS ? C_OUT : 0)) / 64), 1, 1).

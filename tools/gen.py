@@ -5,6 +5,10 @@ so the register blocks are written out as named variables. Markers in the .in fi
   @@DECL16 v@@            -> var v0 = vec4<f32>(0.0); ... var v15
   @@FMA16 acc x sa sb@@   -> acc0 += x * subgroupShuffle(sa, 0u); ... acc8 += x * subgroupShuffle(sb, 0u) ...
   @@DECL8 v@@ / @@FMA8 acc x s@@ : the same for 8 accumulators
+  @@FMALO acc x sa@@ / @@FMAHI acc x sb@@ : the first / second half of FMA16 (acc0..7 / acc8..15)
+  @@XROW a0 a1 a2 e g@@  -> three taps' 4-px windows of a row shared through the subgroup, times g
+  @@FMA16OB acc x sa sb@@ -> FMA16 for the first OB (override constant, 8/12/16) accumulators
+  @@DECLn v@@ (any n)     -> var v0 ... v{n-1} = vec4<f32>(0.0)
   @@REP16 text@@ / @@REP8 text@@ : text repeated with # replaced by 0..15 / 0..7
 """
 import re, sys, pathlib
@@ -12,13 +16,35 @@ import re, sys, pathlib
 def expand(m):
     kind, args = m.group(1), m.group(2).split()
     ind = m.group(0)[: len(m.group(0)) - len(m.group(0).lstrip())]
-    if kind in ("DECL16", "DECL8"):
-        n = 16 if kind == "DECL16" else 8
+    if kind.startswith("DECL"):
+        n = int(kind[4:])
         v = args[0]
         return "\n".join(f"    var {v}{j} = vec4<f32>(0.0);" for j in range(n))
     if kind == "FMA16":
         acc, x, sa, sb = args
         return "\n".join(f"{acc}{j} += {x} * subgroupShuffle({sa if j < 8 else sb}, {j % 8}u);" for j in range(16))
+    if kind in ("FMALO", "FMAHI"):
+        acc, x, s = args
+        off = 0 if kind == "FMALO" else 8
+        return "\n".join(f"{acc}{j + off} += {x} * subgroupShuffle({s}, {j}u);" for j in range(8))
+    if kind == "FMA16OB":
+        # FMA16 for a block of OB <= 16 rows (OB a multiple of 4, an override constant): the
+        # accumulators past OB are never touched (their lines fold away when OB is known)
+        acc, x, sa, sb = args
+        f = lambda j: f"{acc}{j} += {x} * subgroupShuffle({sa if j < 8 else sb}, {j % 8}u);"
+        lines = [f(j) for j in range(8)]
+        lines.append("if (OB > 8u) { " + " ".join(f(j) for j in range(8, 12)) + " }")
+        lines.append("if (OB > 12u) { " + " ".join(f(j) for j in range(12, 16)) + " }")
+        return "\n".join(lines)
+    if kind == "XROW":
+        # one input row shared through the subgroup (lane l holds column l): the 3 taps' 4-px
+        # windows are columns 0..3, 1..4, 2..5
+        a0, a1, a2, e, g = args
+        sh = [f"subgroupShuffle({e}, {j}u)" for j in range(6)]
+        lines = [f"let {e}s{j} = {sh[j]};" for j in range(6)]
+        for t, acc in enumerate((a0, a1, a2)):
+            lines.append(f"{acc} += vec4<f32>({e}s{t}, {e}s{t + 1}, {e}s{t + 2}, {e}s{t + 3}) * {g};")
+        return "\n".join(lines)
     if kind == "FMA8":
         acc, x, s = args
         return "\n".join(f"{acc}{j} += {x} * subgroupShuffle({s}, {j}u);" for j in range(8))

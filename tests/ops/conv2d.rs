@@ -131,6 +131,9 @@ fn conv2d_matches_the_reference_on_every_executor() {
         (2, 3, 6, 7, 4, 3, 1, 1, true),
         (4, 32, 26, 26, 64, 3, 1, 0, true), // the default network's second convolution
         (9, 16, 12, 12, 32, 3, 1, 1, true), // 9 samples: uneven chunks of the weight-gradient reduction
+        (3, 2, 10, 9, 11, 3, 1, 1, true), // GPU weight gradient by output channel: 2 inputs, 8 + 3 outputs
+        (2, 1, 13, 12, 7, 2, 1, 1, false), // the same with an even kernel, no bias; 8-column forward strips
+        (3, 1, 9, 14, 5, 5, 1, 2, true), // 5x5 on one channel: 2x2 blocks of 3x3 taps, 13 of 36 cut
     ];
     for runner in runners() {
         let (linear, reduction) = runner.tolerances();

@@ -63,8 +63,10 @@ pub const SHADERS: &[ShaderFile] = &[
         bindings: CONV_FAST,
         entry_points: &[
             "conv2d_forward",
+            "conv2d_forward_narrow",
             "conv2d_backward_input",
             "conv2d_backward_weight",
+            "conv2d_backward_weight_by_channel",
             "conv2d_backward_weight_reduce",
         ],
         subgroups: true,

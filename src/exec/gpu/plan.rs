@@ -188,15 +188,30 @@ pub fn conv2d(s: &Conv2dShape, bias: bool, input_grad: bool, fast: bool, fused: 
     // Lanes of the weight gradient: (input channel, kernel row, block of 3 kernel columns).
     let lanes_w = s.in_channels * k * k.div_ceil(3);
     let wg_w = lanes_w.next_multiple_of(8).min(64);
+    // Fewer than 8 such lanes (the first layer: one input channel) leaves most of a subgroup idle;
+    // then lanes go over output channels instead (`conv2d_backward_weight_by_channel`, stride 1).
+    // Measured on llvmpipe, batch 32, 1 -> 8 channels: 3x3 3.3 -> 2.2 ms; but 5x5 (10 lanes)
+    // 5.2 -> 6.8 ms (each 3x3 block of taps reloads d_output), so 5x5 keeps the general kernel.
+    let by_channel = lanes_w < 8 && s.stride == 1;
+    let (weight_entry, groups_w) = if by_channel {
+        (
+            "conv2d_backward_weight_by_channel",
+            s.in_channels * k.div_ceil(3).pow(2),
+        )
+    } else {
+        ("conv2d_backward_weight", lanes_w.div_ceil(wg_w))
+    };
     // Split-K slices of the weight gradient: enough workgroups to keep every core busy. Fixed per
     // layer (not per batch): the result's bits depend on it.
     let splits = (64 / (lanes_w.div_ceil(64) * s.out_channels.div_ceil(8))).clamp(2, 32);
     let reduced = s.weight_len() + if bias { s.out_channels } else { 0 };
+    // Output channels per forward block: 16, or 8 for narrow layers (no half-empty blocks).
+    let ob = if s.out_channels <= 8 { 8 } else { 16 };
     let mut backward = vec![
         dispatch(
-            "conv2d_backward_weight",
+            weight_entry,
             g(
-                Extent::groups(lanes_w.div_ceil(wg_w)),
+                Extent::groups(groups_w),
                 Extent::groups(s.out_channels.div_ceil(8)),
                 Extent::groups(splits),
             ),
@@ -245,16 +260,28 @@ pub fn conv2d(s: &Conv2dShape, bias: bool, input_grad: bool, fast: bool, fused: 
             ("RELU_MASK", flag(fused.relu_mask)),
             ("SPLITS", splits as f64),
             ("WG_W", wg_w as f64),
+            ("OB", ob as f64),
         ],
         scratch: splits * reduced,
-        forward: vec![dispatch(
-            "conv2d_forward",
-            g(
-                Extent::per_sample(s.out_height() * s.out_width().div_ceil(4), 64),
-                Extent::groups(s.out_channels.div_ceil(16)),
-                Extent::groups(1),
-            ),
-        )
+        forward: vec![if s.out_channels <= 8 {
+            dispatch(
+                "conv2d_forward_narrow",
+                g(
+                    Extent::per_sample(s.out_height() * s.out_width().div_ceil(8), 64),
+                    Extent::groups(1),
+                    Extent::groups(1),
+                ),
+            )
+        } else {
+            dispatch(
+                "conv2d_forward",
+                g(
+                    Extent::per_sample(s.out_height() * s.out_width().div_ceil(4), 64),
+                    Extent::groups(s.out_channels.div_ceil(ob)),
+                    Extent::groups(1),
+                ),
+            )
+        }
         .cost(product, traffic)],
         backward,
     }
@@ -343,6 +370,11 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
     let strips_in = n_in.div_ceil(4);
     let strips_out = n_out.div_ceil(4);
     let wg_d = strips_out.next_multiple_of(8).min(64);
+    // Rows of the 16-output blocks that carry outputs (the 10-way classifier: 12).
+    let ob = n_out.next_multiple_of(4).min(16);
+    // Backward workgroups: 64 lanes, or 8 when there are few 4-wide strips of `in`: 128 -> 10
+    // had 32 strips in one 64-lane workgroup, half of it idle and all of it on one core.
+    let wg_b = if strips_in >= 512 { 64 } else { 8 };
     let one = Extent::groups(1);
     // Lanes over 4-wide strips of outputs, 16 samples a block; with fewer than 32 outputs there
     // are too few strips to fill a subgroup, so lanes go over samples instead (same result).
@@ -368,7 +400,7 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
     let mut backward = vec![dispatch(
         "dense_backward_weight",
         g(
-            Extent::groups(strips_in.div_ceil(64)),
+            Extent::groups(strips_in.div_ceil(wg_b)),
             Extent::groups(n_out.div_ceil(16)),
             one,
         ),
@@ -388,7 +420,7 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
             dispatch(
                 "dense_backward_input",
                 g(
-                    Extent::groups(strips_in.div_ceil(64)),
+                    Extent::groups(strips_in.div_ceil(wg_b)),
                     Extent::per_sample(1, 16),
                     one,
                 ),
@@ -408,6 +440,8 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
             ("RELU_MASK", flag(fused.relu_mask)),
             ("WG_D", wg_d as f64),
             ("WG_S", WG_S as f64),
+            ("OB", ob as f64),
+            ("WG_B", wg_b as f64),
         ],
         scratch: 0,
         forward: vec![forward.cost(product, traffic)],
