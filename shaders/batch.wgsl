@@ -13,16 +13,41 @@ struct Step { batch: u32, step: u32, start: u32, training: u32 }
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;         // [N, pixels]
 @group(0) @binding(6) var<storage, read_write> batch_labels: array<u32>; // [N]
 
+// The data set's shape and normalisation, set per pipeline (binding 0 holds the same numbers for
+// reference; no entry point reads it): run-time reads of them were most of this kernel's loads.
+override PIXELS: u32 = 1u;
+override SEQUENTIAL: bool = false;
+override MEAN: f32 = 0.0;
+override DEVIATION: f32 = 1.0;
+override QUADS: u32 = (PIXELS + 3u) / 4u;   // invocations per image: 4 pixels each
+
+fn normalise(pixel: u32) -> f32 {
+    return (f32(pixel) / 255.0 - MEAN) / DEVIATION;
+}
+
+// One invocation per 4 pixels of an image: one word of `images` when aligned (always, when
+// PIXELS is a multiple of 4, as for MNIST's 784).
 @compute @workgroup_size(64)
 fn gather_batch(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 64u;
-    if (i >= run.batch * dims.pixels) { return; }
-    let b = i / dims.pixels;
-    let p = i % dims.pixels;
+    let t = gid.x + gid.y * groups.x * 64u;
+    if (t >= run.batch * QUADS) { return; }
+    let b = t / QUADS;
+    let p0 = (t - b * QUADS) * 4u;
     var image = run.start + b;
-    if (dims.sequential == 0u) { image = order[run.start + b]; }
-    let byte = image * dims.pixels + p;
-    let pixel = (images[byte / 4u] >> (8u * (byte % 4u))) & 0xffu;
-    x[i] = (f32(pixel) / 255.0 - dims.mean) / dims.deviation;
-    if (p == 0u) { batch_labels[b] = labels[image]; }
+    if (!SEQUENTIAL) { image = order[image]; }
+    let byte0 = image * PIXELS + p0;
+    let out = b * PIXELS + p0;
+    if (byte0 % 4u == 0u && p0 + 4u <= PIXELS) {
+        let word = images[byte0 / 4u];
+        x[out] = normalise(word & 0xffu);
+        x[out + 1u] = normalise((word >> 8u) & 0xffu);
+        x[out + 2u] = normalise((word >> 16u) & 0xffu);
+        x[out + 3u] = normalise(word >> 24u);
+    } else {
+        for (var k = 0u; k < 4u && p0 + k < PIXELS; k++) {
+            let byte = byte0 + k;
+            x[out + k] = normalise((images[byte / 4u] >> (8u * (byte % 4u))) & 0xffu);
+        }
+    }
+    if (p0 == 0u) { batch_labels[b] = labels[image]; }
 }

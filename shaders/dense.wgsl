@@ -14,8 +14,8 @@
 //                         block 16 outputs x 4 along `in`, weight rows shared through the subgroup.
 //   dense_backward_input  lanes = 4-wide strips of `in`; block 16 samples x 4. Optional ReLU mask.
 //   dense_backward_weight lanes = 4-wide strips of `in`; block 16 outputs x 4; the batch is
-//                         summed in sample order (deterministic, no split needed: K = batch).
-//   dense_backward_bias   one invocation per output, samples summed in order.
+//                         summed in sample order (deterministic, no split needed: K = batch);
+//                         the bias gradient comes out of the same loop.
 // MEASURED (llvmpipe, loaded 2-core machine, paired with the naive kernel, medians of 5):
 //   C1 N64 9216->128: forward 91-98 ms (1.5-1.65 GFLOP/s, 17.8x), backward_weight+bias 98 ms (18x),
 //   backward_input 98 ms (18x); C2 N64 128->10: 0.4-0.5 ms (4-6x, launch-bound);
@@ -209,8 +209,10 @@ fn dense_forward_by_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
         a5 += x * subgroupShuffle(sa, 5u);
         a6 += x * subgroupShuffle(sa, 6u);
         a7 += x * subgroupShuffle(sa, 7u);
-        if (OB > 8u) { a8 += x * subgroupShuffle(sb, 0u); a9 += x * subgroupShuffle(sb, 1u); a10 += x * subgroupShuffle(sb, 2u); a11 += x * subgroupShuffle(sb, 3u); }
-        if (OB > 12u) { a12 += x * subgroupShuffle(sb, 4u); a13 += x * subgroupShuffle(sb, 5u); a14 += x * subgroupShuffle(sb, 6u); a15 += x * subgroupShuffle(sb, 7u); }
+        if (OB > 8u) { a8 += x * subgroupShuffle(sb, 0u); a9 += x * subgroupShuffle(sb, 1u); }
+        if (OB > 10u) { a10 += x * subgroupShuffle(sb, 2u); a11 += x * subgroupShuffle(sb, 3u); }
+        if (OB > 12u) { a12 += x * subgroupShuffle(sb, 4u); a13 += x * subgroupShuffle(sb, 5u); }
+        if (OB > 14u) { a14 += x * subgroupShuffle(sb, 6u); a15 += x * subgroupShuffle(sb, 7u); }
     }
     for (var i = IN4 * 4u; i < IN_F; i++) {   // tail when IN_F % 4 != 0
         let x = vec4<f32>(input[xb + i], 0.0, 0.0, 0.0);
@@ -224,8 +226,10 @@ fn dense_forward_by_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
         a5 += x * subgroupShuffle(sa, 5u);
         a6 += x * subgroupShuffle(sa, 6u);
         a7 += x * subgroupShuffle(sa, 7u);
-        if (OB > 8u) { a8 += x * subgroupShuffle(sb, 0u); a9 += x * subgroupShuffle(sb, 1u); a10 += x * subgroupShuffle(sb, 2u); a11 += x * subgroupShuffle(sb, 3u); }
-        if (OB > 12u) { a12 += x * subgroupShuffle(sb, 4u); a13 += x * subgroupShuffle(sb, 5u); a14 += x * subgroupShuffle(sb, 6u); a15 += x * subgroupShuffle(sb, 7u); }
+        if (OB > 8u) { a8 += x * subgroupShuffle(sb, 0u); a9 += x * subgroupShuffle(sb, 1u); }
+        if (OB > 10u) { a10 += x * subgroupShuffle(sb, 2u); a11 += x * subgroupShuffle(sb, 3u); }
+        if (OB > 12u) { a12 += x * subgroupShuffle(sb, 4u); a13 += x * subgroupShuffle(sb, 5u); }
+        if (OB > 14u) { a14 += x * subgroupShuffle(sb, 6u); a15 += x * subgroupShuffle(sb, 7u); }
     }
     if (!live) { return; }
     store_y1(n, o0 + 0u, a0);
@@ -364,6 +368,8 @@ fn dense_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     var a13 = vec4<f32>(0.0);
     var a14 = vec4<f32>(0.0);
     var a15 = vec4<f32>(0.0);
+    var bias_a = 0.0;   // this lane's d_output columns summed over the batch: the bias gradient
+    var bias_b = 0.0;
     for (var n = 0u; n < run.batch; n++) {
         let xb = n * IN_F;
         let x = vec4<f32>(input[xb + offs.x], input[xb + offs.y], input[xb + offs.z], input[xb + offs.w]);
@@ -371,6 +377,8 @@ fn dense_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         var sb = 0.0;
         if (o0 + l8 < OUT_F) { sa = d_output[n * OUT_F + oa]; }        // loads cost per active lane
         if (o0 + 8u + l8 < OUT_F) { sb = d_output[n * OUT_F + ob]; }
+        bias_a += sa;
+        bias_b += sb;
         a0 += x * subgroupShuffle(sa, 0u);
         a1 += x * subgroupShuffle(sa, 1u);
         a2 += x * subgroupShuffle(sa, 2u);
@@ -379,8 +387,16 @@ fn dense_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         a5 += x * subgroupShuffle(sa, 5u);
         a6 += x * subgroupShuffle(sa, 6u);
         a7 += x * subgroupShuffle(sa, 7u);
-        if (OB > 8u) { a8 += x * subgroupShuffle(sb, 0u); a9 += x * subgroupShuffle(sb, 1u); a10 += x * subgroupShuffle(sb, 2u); a11 += x * subgroupShuffle(sb, 3u); }
-        if (OB > 12u) { a12 += x * subgroupShuffle(sb, 4u); a13 += x * subgroupShuffle(sb, 5u); a14 += x * subgroupShuffle(sb, 6u); a15 += x * subgroupShuffle(sb, 7u); }
+        if (OB > 8u) { a8 += x * subgroupShuffle(sb, 0u); a9 += x * subgroupShuffle(sb, 1u); }
+        if (OB > 10u) { a10 += x * subgroupShuffle(sb, 2u); a11 += x * subgroupShuffle(sb, 3u); }
+        if (OB > 12u) { a12 += x * subgroupShuffle(sb, 4u); a13 += x * subgroupShuffle(sb, 5u); }
+        if (OB > 14u) { a14 += x * subgroupShuffle(sb, 6u); a15 += x * subgroupShuffle(sb, 7u); }
+    }
+    // The bias gradient, summed in sample order like the weights: written by the first 8 lanes
+    // of the first workgroup of each block of outputs (no separate dispatch).
+    if (HAS_BIAS && wid.x == 0u && lid < 8u) {
+        if (o0 + l8 < OUT_F) { d_bias[o0 + l8] = bias_a; }
+        if (o0 + 8u + l8 < OUT_F) { d_bias[o0 + 8u + l8] = bias_b; }
     }
     if (st >= STRIPS) { return; }
     store_dw(o0 + 0u, i0, a0);
@@ -399,14 +415,4 @@ fn dense_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
     store_dw(o0 + 13u, i0, a13);
     store_dw(o0 + 14u, i0, a14);
     store_dw(o0 + 15u, i0, a15);
-}
-
-// Grid: (ceil(OUT_F / 64), 1, 1).
-@compute @workgroup_size(WG)
-fn dense_backward_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let o = wid.x * WG + lid;
-    if (o >= OUT_F) { return; }
-    var sum = 0.0;
-    for (var n = 0u; n < run.batch; n++) { sum += d_output[n * OUT_F + o]; }
-    d_bias[o] = sum;
 }

@@ -35,17 +35,24 @@ override RELU_MASK: bool = false;
 override TILES_H: u32 = (IN_H + WINDOW - 1u) / WINDOW;
 override TILES_W: u32 = (IN_W + WINDOW - 1u) / WINDOW;
 
-// Flat input index of the first maximum of window (oy, ox) in plane `plane` (= n * C + c).
-fn window_argmax(plane: u32, oy: u32, ox: u32) -> u32 {
-    let base = plane * IN_H * IN_W;
-    var best = base + oy * STRIDE * IN_W + ox * STRIDE;
+// The first maximum (row-major, strict >) of the window whose first element is input[corner]:
+// its flat index and value. Each element is loaded once (loads are the cost on a software adapter).
+struct Best { index: u32, value: f32 }
+fn window_max(corner: u32) -> Best {
+    var best = Best(corner, input[corner]);
     for (var wy = 0u; wy < WINDOW; wy++) {
         for (var wx = 0u; wx < WINDOW; wx++) {
-            let i = base + (oy * STRIDE + wy) * IN_W + ox * STRIDE + wx;
-            if (input[i] > input[best]) { best = i; }
+            let i = corner + wy * IN_W + wx;
+            let v = input[i];
+            if (v > best.value) { best = Best(i, v); }
         }
     }
     return best;
+}
+
+// Flat input index of the first maximum of window (oy, ox) in plane `plane` (= n * C + c).
+fn window_argmax(plane: u32, oy: u32, ox: u32) -> u32 {
+    return window_max(plane * IN_H * IN_W + oy * STRIDE * IN_W + ox * STRIDE).index;
 }
 
 @compute @workgroup_size(64)
@@ -55,7 +62,7 @@ fn max_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     if (index >= run.batch * CHANNELS * out_plane) { return; }
     let ox = index % OUT_W;
     let oy = (index / OUT_W) % OUT_H;
-    output[index] = input[window_argmax(index / out_plane, oy, ox)];
+    output[index] = window_max((index / out_plane) * IN_H * IN_W + oy * STRIDE * IN_W + ox * STRIDE).value;
 }
 
 @compute @workgroup_size(64)
@@ -138,14 +145,10 @@ fn max_pool2d_backward_disjoint(@builtin(global_invocation_id) gid: vec3<u32>, @
     var best = base;
     var gradient = 0.0;
     if (window) {
-        for (var wy = 0u; wy < WINDOW; wy++) {
-            for (var wx = 0u; wx < WINDOW; wx++) {
-                let i = base + wy * IN_W + wx;
-                if (input[i] > input[best]) { best = i; }
-            }
-        }
+        let m = window_max(base);
+        best = m.index;
         gradient = d_output[(plane * OUT_H + ty) * OUT_W + tx];
-        if (RELU_MASK && !(input[best] > 0.0)) { gradient = 0.0; }
+        if (RELU_MASK && !(m.value > 0.0)) { gradient = 0.0; }
     }
     for (var wy = 0u; wy < WINDOW; wy++) {
         if (ty * WINDOW + wy >= IN_H) { break; }

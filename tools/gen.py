@@ -7,7 +7,7 @@ so the register blocks are written out as named variables. Markers in the .in fi
   @@DECL8 v@@ / @@FMA8 acc x s@@ : the same for 8 accumulators
   @@FMALO acc x sa@@ / @@FMAHI acc x sb@@ : the first / second half of FMA16 (acc0..7 / acc8..15)
   @@XROW a0 a1 a2 e g@@  -> three taps' 4-px windows of a row shared through the subgroup, times g
-  @@FMA16OB acc x sa sb@@ -> FMA16 for the first OB (override constant, 8/12/16) accumulators
+  @@FMA16OB acc x sa sb@@ -> FMA16 for the first OB (override constant, 8..16, even) accumulators
   @@DECLn v@@ (any n)     -> var v0 ... v{n-1} = vec4<f32>(0.0)
   @@REP16 text@@ / @@REP8 text@@ : text repeated with # replaced by 0..15 / 0..7
 """
@@ -28,13 +28,13 @@ def expand(m):
         off = 0 if kind == "FMALO" else 8
         return "\n".join(f"{acc}{j + off} += {x} * subgroupShuffle({s}, {j}u);" for j in range(8))
     if kind == "FMA16OB":
-        # FMA16 for a block of OB <= 16 rows (OB a multiple of 4, an override constant): the
+        # FMA16 for a block of OB <= 16 rows (OB even, an override constant): the
         # accumulators past OB are never touched (their lines fold away when OB is known)
         acc, x, sa, sb = args
         f = lambda j: f"{acc}{j} += {x} * subgroupShuffle({sa if j < 8 else sb}, {j % 8}u);"
         lines = [f(j) for j in range(8)]
-        lines.append("if (OB > 8u) { " + " ".join(f(j) for j in range(8, 12)) + " }")
-        lines.append("if (OB > 12u) { " + " ".join(f(j) for j in range(12, 16)) + " }")
+        for j in range(8, 16, 2):
+            lines.append(f"if (OB > {j}u) {{ " + f(j) + " " + f(j + 1) + " }")
         return "\n".join(lines)
     if kind == "XROW":
         # one input row shared through the subgroup (lane l holds column l): the 3 taps' 4-px

@@ -64,5 +64,29 @@ fn sgd_and_batch_gathering_match_the_cpu_reference() {
                 assert_eq!(l, l_cpu.iter().map(|&v| v as u32).collect::<Vec<_>>());
             }
         }
+        // Images of 13 pixels: every image but the first starts inside a 4-byte word, and each
+        // ends with a partial group of 4 (the GPU reads a word for 4 aligned pixels, else bytes).
+        let pixels = 13;
+        let images: Vec<u8> = (0..count * pixels).map(|_| rng.random()).collect();
+        let norm = Normalization::STANDARD;
+        let (x, l) = ops
+            .gather_batch(pixels, &images, &labels, &order, 1, 5, false, norm)
+            .unwrap();
+        let expected: Vec<f32> = order[1..6]
+            .iter()
+            .flat_map(|&i| &images[i as usize * pixels..(i as usize + 1) * pixels])
+            .map(|&p| (p as f32 / 255.0 - norm.mean) / norm.std)
+            .collect();
+        close_tol(
+            &format!("gather of 13-pixel images ({grid})"),
+            &x,
+            &expected,
+            TRANSCENDENTAL,
+        );
+        let expected_labels: Vec<u32> = order[1..6]
+            .iter()
+            .map(|&i| labels[i as usize] as u32)
+            .collect();
+        assert_eq!(l, expected_labels);
     }
 }

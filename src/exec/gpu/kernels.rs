@@ -105,7 +105,6 @@ pub const SHADERS: &[ShaderFile] = &[
             "dense_forward_by_sample",
             "dense_backward_input",
             "dense_backward_weight",
-            "dense_backward_bias",
         ],
         subgroups: true,
     },

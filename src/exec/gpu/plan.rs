@@ -370,8 +370,8 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
     let strips_in = n_in.div_ceil(4);
     let strips_out = n_out.div_ceil(4);
     let wg_d = strips_out.next_multiple_of(8).min(64);
-    // Rows of the 16-output blocks that carry outputs (the 10-way classifier: 12).
-    let ob = n_out.next_multiple_of(4).min(16);
+    // Rows of the 16-output blocks that carry outputs (the 10-way classifier: 10 of 16).
+    let ob = n_out.next_multiple_of(2).min(16);
     // Backward workgroups: 64 lanes, or 8 when there are few 4-wide strips of `in`: 128 -> 10
     // had 32 strips in one 64-lane workgroup, half of it idle and all of it on one core.
     let wg_b = if strips_in >= 512 { 64 } else { 8 };
@@ -397,6 +397,12 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
             ),
         )
     };
+    // The weight gradient also writes the bias gradient (the same loop over the batch).
+    let (weight_flops, weight_bytes) = if bias {
+        (plus(product, bias_cost.0), plus(traffic, bias_cost.1))
+    } else {
+        (product, traffic)
+    };
     let mut backward = vec![dispatch(
         "dense_backward_weight",
         g(
@@ -405,16 +411,7 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
             one,
         ),
     )
-    .cost(product, traffic)];
-    if bias {
-        backward.push(
-            dispatch(
-                "dense_backward_bias",
-                g(Extent::groups(n_out.div_ceil(64)), one, one),
-            )
-            .cost(bias_cost.0, bias_cost.1),
-        );
-    }
+    .cost(weight_flops, weight_bytes)];
     if input_grad {
         backward.push(
             dispatch(
@@ -618,11 +615,19 @@ pub fn loss(classes: usize, loss: Loss) -> OpPlan {
 pub fn gather_batch(pixels: usize, sequential: bool, norm: Normalization) -> OpPlan {
     OpPlan {
         file: "batch",
-        constants: Vec::new(),
+        constants: vec![
+            ("PIXELS", pixels as f64),
+            ("SEQUENTIAL", sequential as u8 as f64),
+            // f32 -> f64 -> f32 is exact: the shader normalises with the same numbers
+            ("MEAN", norm.mean as f64),
+            ("DEVIATION", norm.std as f64),
+        ],
         scratch: 0,
         dims: kernels::batch_dims(pixels, sequential, norm.mean, norm.std),
-        forward: vec![dispatch("gather_batch", Size::PerSample(pixels))
-            .cost(per_sample(2 * pixels), per_sample(5 * pixels + 8))],
+        forward: vec![
+            dispatch("gather_batch", Size::PerSample(pixels.div_ceil(4)))
+                .cost(per_sample(2 * pixels), per_sample(5 * pixels + 8)),
+        ],
         backward: Vec::new(),
     }
 }
