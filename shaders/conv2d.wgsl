@@ -70,6 +70,12 @@ override PAD: u32 = 0u;             // zero padding
 override HAS_BIAS: bool = false;    // forward adds bias; backward_weight(_reduce) produce d_bias
 override RELU: bool = false;        // forward epilogue: output = max(0, conv + bias)
 override RELU_MASK: bool = false;   // backward_input: d_input *= (input > 0) (this layer's input is a ReLU output)
+override DROP_OUT: bool = false;    // forward epilogue: the dropout after this layer (after bias and ReLU), in training
+override DROP_P: f32 = 0.0;         //   its probability and mask seed
+override DROP_SEED: u32 = 0u;
+override DROP_MASK: bool = false;   // backward_input: the backward pass of the dropout before this layer
+override MASK_P: f32 = 0.0;         //   its probability and mask seed
+override MASK_SEED: u32 = 0u;
 override SPLITS: u32 = 8u;          // split-K slices of the weight gradient = grid z of conv2d_backward_weight
 override WG_W: u32 = 64u;
 override OB: u32 = 16u;             // output channels per forward block: 16, or 8 when C_OUT <= 8
@@ -102,6 +108,7 @@ fn store_out(ob: u32, o0: u32, j: u32, v0: vec4<f32>, ox0: u32) {
     if (HAS_BIAS) { v += vec4<f32>(bias[o]); }
     if (RELU) { v = max(v, vec4<f32>(0.0)); }
     let i = ob + o * OUT_H * OUT_W;
+    if (DROP_OUT && run.training != 0u) { v = dropout_apply4(DROP_P, DROP_SEED, i, v); }
     output[i] = v.x;
     if (ox0 + 1u < OUT_W) { output[i + 1u] = v.y; }
     if (ox0 + 2u < OUT_W) { output[i + 2u] = v.z; }
@@ -314,6 +321,7 @@ fn store_din(ib: u32, c: u32, v0: vec4<f32>, ix0: u32) {
         v = select(vec4<f32>(0.0), v, vec4<bool>(input[i] > 0.0, ix0 + 1u < IN_W && input[i + 1u] > 0.0,
                    ix0 + 2u < IN_W && input[i + 2u] > 0.0, ix0 + 3u < IN_W && input[i + 3u] > 0.0));
     }
+    if (DROP_MASK) { v = dropout_apply4(MASK_P, MASK_SEED, i, v); }
     d_input[i] = v.x;
     if (ix0 + 1u < IN_W) { d_input[i + 1u] = v.y; }
     if (ix0 + 2u < IN_W) { d_input[i + 2u] = v.z; }

@@ -42,6 +42,12 @@ override OUT_F: u32;                // out_features
 override HAS_BIAS: bool = false;
 override RELU: bool = false;        // forward epilogue ReLU
 override RELU_MASK: bool = false;   // backward_input: d_input *= (input > 0)
+override DROP_OUT: bool = false;    // forward epilogue: the dropout after this layer (after bias and ReLU), in training
+override DROP_P: f32 = 0.0;         //   its probability and mask seed
+override DROP_SEED: u32 = 0u;
+override DROP_MASK: bool = false;   // backward_input: the backward pass of the dropout before this layer
+override MASK_P: f32 = 0.0;         //   its probability and mask seed
+override MASK_SEED: u32 = 0u;
 
 const WG: u32 = 64u;
 override OB: u32 = 16u;    // rows of the 16-output blocks in use (by_sample, backward_weight): 16, or
@@ -68,6 +74,7 @@ fn store_y(n: u32, o0: u32, v: vec4<f32>) {
     }
     if (RELU) { y = max(y, vec4<f32>(0.0)); }
     let b = n * OUT_F + o0;
+    if (DROP_OUT && run.training != 0u) { y = dropout_apply4(DROP_P, DROP_SEED, b, y); }
     output[b] = y.x;
     if (o0 + 1u < OUT_F) { output[b + 1u] = y.y; }
     if (o0 + 2u < OUT_F) { output[b + 2u] = y.z; }
@@ -156,6 +163,7 @@ fn store_y1(n: u32, o: u32, v4: vec4<f32>) {
     var v = (v4.x + v4.y) + (v4.z + v4.w);
     if (HAS_BIAS) { v += bias[o]; }
     if (RELU) { v = max(v, 0.0); }
+    if (DROP_OUT && run.training != 0u) { v = dropout_apply(DROP_P, DROP_SEED, n * OUT_F + o, v); }
     output[n * OUT_F + o] = v;
 }
 
@@ -258,6 +266,7 @@ fn store_dx(n: u32, i0: u32, v0: vec4<f32>) {
         v = select(vec4<f32>(0.0), v, vec4<bool>(input[b] > 0.0, i0 + 1u < IN_F && input[b + 1u] > 0.0,
                    i0 + 2u < IN_F && input[b + 2u] > 0.0, i0 + 3u < IN_F && input[b + 3u] > 0.0));
     }
+    if (DROP_MASK) { v = dropout_apply4(MASK_P, MASK_SEED, b, v); }
     d_input[b] = v.x;
     if (i0 + 1u < IN_F) { d_input[b + 1u] = v.y; }
     if (i0 + 2u < IN_F) { d_input[b + 2u] = v.z; }

@@ -31,6 +31,19 @@ override STRIDE: u32 = 1u;
 // Whether the layer before is a ReLU whose backward pass this kernel applies (the ReLU then runs
 // no backward kernel): where the input, that ReLU's output, is not positive the gradient is 0.
 override RELU_MASK: bool = false;
+// Whether the dropout after this layer is applied here, to the output (in training; the mask is
+// in dropout_mask.wgsl, prepended to this file).
+override DROP_OUT: bool = false;
+override DROP_P: f32 = 0.0;
+override DROP_SEED: u32 = 0u;
+
+fn store_output(index: u32, v: f32) {
+    if (DROP_OUT && run.training != 0u) {
+        output[index] = dropout_apply(DROP_P, DROP_SEED, index, v);
+    } else {
+        output[index] = v;
+    }
+}
 // Window-sized tiles covering the input, edges included.
 override TILES_H: u32 = (IN_H + WINDOW - 1u) / WINDOW;
 override TILES_W: u32 = (IN_W + WINDOW - 1u) / WINDOW;
@@ -62,7 +75,7 @@ fn max_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     if (index >= run.batch * CHANNELS * out_plane) { return; }
     let ox = index % OUT_W;
     let oy = (index / OUT_W) % OUT_H;
-    output[index] = window_max((index / out_plane) * IN_H * IN_W + oy * STRIDE * IN_W + ox * STRIDE).value;
+    store_output(index, window_max((index / out_plane) * IN_H * IN_W + oy * STRIDE * IN_W + ox * STRIDE).value);
 }
 
 @compute @workgroup_size(64)
@@ -79,7 +92,7 @@ fn avg_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
             sum += input[base + (oy * STRIDE + wy) * IN_W + ox * STRIDE + wx];
         }
     }
-    output[index] = sum / f32(WINDOW * WINDOW);
+    store_output(index, sum / f32(WINDOW * WINDOW));
 }
 
 // The range of window rows (or columns) whose window covers input row (or column) `pos`:

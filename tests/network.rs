@@ -221,6 +221,20 @@ fn training_trajectories_match_the_reference_on_every_executor() {
             8,
             0.05,
         ),
+        // Dropouts fused on the GPU: applied by the max pooling and by the dense layer (after its
+        // ReLU) before them, and their backward passes (with that ReLU's mask) by the dense layers
+        // after them, through a flatten; as in the default preset.
+        (
+            "conv4k3-relu-conv6k3-relu-maxpool2-dropout0.25-dense12-relu-dropout0.5-dense10",
+            8,
+            0.05,
+        ),
+        // ... by a convolution (forward epilogue and input gradient) and an average pooling.
+        (
+            "conv4k3-dropout0.3-conv5k3-relu-avgpool2-dropout0.2-dense10",
+            6,
+            0.05,
+        ),
         // Stride, padding, no bias, overlapping max pooling, MSE; batch 7 and batch 1.
         (
             "conv4k3s2p1nb-relu-maxpool3s2-dense12-sigmoid-dense10-mse",

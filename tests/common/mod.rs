@@ -535,14 +535,14 @@ pub fn check_relu_fusions(
     wgcnn::ops::relu_backward(x, dx, &mut masked);
     let relu = Fused {
         relu: true,
-        relu_mask: false,
+        ..Fused::default()
     };
     if let Some(r) = run(relu) {
         close_tol(&format!("{tag} output + ReLU"), &r.output, &relu_y, tol);
     }
     let mask = Fused {
-        relu: false,
         relu_mask: true,
+        ..Fused::default()
     };
     if let Some(r) = run(mask) {
         close_tol(&format!("ReLU + {tag} d_input"), &r.d_input, &masked, tol);

@@ -59,7 +59,10 @@ pub const SHADERS: &[ShaderFile] = &[
     },
     ShaderFile {
         name: "conv2d",
-        source: include_str!("../../../shaders/conv2d.wgsl"),
+        source: concat!(
+            include_str!("../../../shaders/dropout_mask.wgsl"),
+            include_str!("../../../shaders/conv2d.wgsl")
+        ),
         bindings: CONV_FAST,
         entry_points: &[
             "conv2d_forward",
@@ -85,7 +88,10 @@ pub const SHADERS: &[ShaderFile] = &[
     },
     ShaderFile {
         name: "pool",
-        source: include_str!("../../../shaders/pool.wgsl"),
+        source: concat!(
+            include_str!("../../../shaders/dropout_mask.wgsl"),
+            include_str!("../../../shaders/pool.wgsl")
+        ),
         bindings: LAYER_WITHOUT_PARAMS,
         entry_points: &[
             "max_pool2d_forward",
@@ -98,7 +104,10 @@ pub const SHADERS: &[ShaderFile] = &[
     },
     ShaderFile {
         name: "dense",
-        source: include_str!("../../../shaders/dense.wgsl"),
+        source: concat!(
+            include_str!("../../../shaders/dropout_mask.wgsl"),
+            include_str!("../../../shaders/dense.wgsl")
+        ),
         bindings: LAYER_WITH_PARAMS,
         entry_points: &[
             "dense_forward",
@@ -136,7 +145,10 @@ pub const SHADERS: &[ShaderFile] = &[
     },
     ShaderFile {
         name: "dropout",
-        source: include_str!("../../../shaders/dropout.wgsl"),
+        source: concat!(
+            include_str!("../../../shaders/dropout_mask.wgsl"),
+            include_str!("../../../shaders/dropout.wgsl")
+        ),
         bindings: LAYER_WITHOUT_PARAMS,
         entry_points: &["dropout_forward", "dropout_backward"],
         subgroups: false,

@@ -145,14 +145,18 @@ impl GpuExecutor {
 
         // Activations (for the largest batch) and their gradients (for the training batch).
         // Flatten is a reshape: its output aliases its input, its gradient likewise; so does a
-        // ReLU that the layer before applies in its forward epilogue.
+        // ReLU or dropout that the layer before applies in its forward epilogue.
         let layers = &net.layers;
         let fast = kernels.fast();
         let mut acts = vec![g.storage("input batch", 4 * (capacity * net.input.len()) as u64)];
         for (i, l) in layers.iter().enumerate() {
             let buffer = match l.layer {
                 Layer::Flatten => acts.last().unwrap().clone(),
-                _ if plan::relu_forward_fused(layers, i, fast) => acts.last().unwrap().clone(),
+                _ if plan::relu_forward_fused(layers, i, fast)
+                    || plan::dropout_forward_fused(layers, i, fast) =>
+                {
+                    acts.last().unwrap().clone()
+                }
                 _ => g.storage(
                     &format!("layer {} output", l.index),
                     4 * (capacity * l.output.len()) as u64,
@@ -165,10 +169,14 @@ impl GpuExecutor {
         d_acts[layers.len()] = Some(g.storage("d_logits", 4 * (capacity * classes) as u64));
         for (i, l) in layers.iter().enumerate().rev().filter(|(i, _)| *i > 0) {
             d_acts[i] = Some(match l.layer {
-                // A flatten's gradient is its output's; so is a ReLU's whose backward pass the
-                // next layer applies.
+                // A flatten's gradient is its output's; so is a ReLU's or dropout's whose
+                // backward pass the next layer applies.
                 Layer::Flatten => d_acts[i + 1].clone().unwrap(),
-                _ if plan::relu_mask_fused(layers, i, fast) => d_acts[i + 1].clone().unwrap(),
+                _ if plan::relu_mask_fused(layers, i, fast)
+                    || plan::dropout_backward_fused(layers, i, fast) =>
+                {
+                    d_acts[i + 1].clone().unwrap()
+                }
                 _ => g.storage(
                     &format!("layer {} d_input", l.index),
                     4 * (batch_size * l.input.len()) as u64,
@@ -269,7 +277,9 @@ impl GpuExecutor {
             };
             // A ReLU whose forward pass the layer before applies reads no input (and its output
             // is that input: a bind group cannot hold the buffer twice).
-            let x = if plan::relu_forward_fused(layers, i, fast) {
+            let x = if plan::relu_forward_fused(layers, i, fast)
+                || plan::dropout_forward_fused(layers, i, fast)
+            {
                 &unused_input
             } else {
                 &acts[i]
@@ -279,7 +289,12 @@ impl GpuExecutor {
             // A layer that computes no input gradient binds a placeholder (a fused ReLU's
             // gradient buffer is its output's, which a bind group cannot hold twice).
             let d_x = match &d_acts[i] {
-                Some(d_x) if !plan::relu_mask_fused(layers, i, fast) => d_x,
+                Some(d_x)
+                    if !plan::relu_mask_fused(layers, i, fast)
+                        && !plan::dropout_backward_fused(layers, i, fast) =>
+                {
+                    d_x
+                }
                 _ => &unused_d_input,
             };
             let label = format!("layer {i} {}", l.layer);

@@ -202,7 +202,7 @@ impl Ops<'_> {
         let b_output = self.zeros("output", s.output_len());
         let b_d_output = g.storage_init("d_output", bytes(d_output));
         let b_d_input = self.zeros("d_input", s.input_len());
-        let op = plan::pool(max, s, true, relu_mask);
+        let op = plan::pool(max, s, true, relu_mask, None);
         self.run(
             &op,
             s.batch,

@@ -155,11 +155,41 @@ pub struct OpPlan {
 }
 
 /// What the fast kernels of a layer with parameters fuse: a ReLU after it applied in its forward
-/// epilogue, the mask of a ReLU before it applied in its input gradient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// epilogue, the mask of a ReLU before it applied in its input gradient, and likewise a dropout
+/// after it (after the ReLU, if one is fused too) and the backward pass of a dropout before it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Fused {
     pub relu: bool,
     pub relu_mask: bool,
+    pub dropout: Option<DropoutMask>,
+    pub dropout_mask: Option<DropoutMask>,
+}
+
+/// A dropout layer's probability and mask seed, for the kernels that apply it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutMask {
+    pub p: f32,
+    pub seed: u32,
+}
+
+impl Fused {
+    /// The override constants of the fusions (the shaders' RELU, RELU_MASK, DROP_*, MASK_*).
+    fn constants(self) -> Vec<(&'static str, f64)> {
+        let flag = |b: bool| b as u8 as f64;
+        let mut c = vec![
+            ("RELU", flag(self.relu)),
+            ("RELU_MASK", flag(self.relu_mask)),
+            ("DROP_OUT", flag(self.dropout.is_some())),
+            ("DROP_MASK", flag(self.dropout_mask.is_some())),
+        ];
+        if let Some(m) = self.dropout {
+            c.extend([("DROP_P", m.p as f64), ("DROP_SEED", m.seed as f64)]);
+        }
+        if let Some(m) = self.dropout_mask {
+            c.extend([("MASK_P", m.p as f64), ("MASK_SEED", m.seed as f64)]);
+        }
+        c
+    }
 }
 
 fn g(x: Extent, y: Extent, z: Extent) -> Size {
@@ -256,12 +286,13 @@ pub fn conv2d(s: &Conv2dShape, bias: bool, input_grad: bool, fast: bool, fused: 
             ("STRIDE", s.stride as f64),
             ("PAD", s.padding as f64),
             ("HAS_BIAS", flag(bias)),
-            ("RELU", flag(fused.relu)),
-            ("RELU_MASK", flag(fused.relu_mask)),
             ("SPLITS", splits as f64),
             ("WG_W", wg_w as f64),
             ("OB", ob as f64),
-        ],
+        ]
+        .into_iter()
+        .chain(fused.constants())
+        .collect(),
         scratch: splits * reduced,
         forward: vec![if s.out_channels <= 8 {
             dispatch(
@@ -433,13 +464,14 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
             ("IN_F", n_in as f64),
             ("OUT_F", n_out as f64),
             ("HAS_BIAS", flag(bias)),
-            ("RELU", flag(fused.relu)),
-            ("RELU_MASK", flag(fused.relu_mask)),
             ("WG_D", wg_d as f64),
             ("WG_S", WG_S as f64),
             ("OB", ob as f64),
             ("WG_B", wg_b as f64),
-        ],
+        ]
+        .into_iter()
+        .chain(fused.constants())
+        .collect(),
         scratch: 0,
         forward: vec![forward.cost(product, traffic)],
         backward,
@@ -448,7 +480,14 @@ pub fn dense(s: &DenseShape, bias: bool, input_grad: bool, fast: bool, fused: Fu
 
 /// Max pooling when `max`, else average pooling (shape for one sample). `relu_mask`: the layer
 /// before is a ReLU whose backward pass this op's input gradient applies ([`relu_mask_fused`]).
-pub fn pool(max: bool, s: &Pool2dShape, input_grad: bool, relu_mask: bool) -> OpPlan {
+/// `dropout`: the dropout after this layer, applied to its output ([`dropout_forward_fused`]).
+pub fn pool(
+    max: bool,
+    s: &Pool2dShape,
+    input_grad: bool,
+    relu_mask: bool,
+    dropout: Option<DropoutMask>,
+) -> OpPlan {
     let (forward, backward) = if max {
         ("max_pool2d_forward", "max_pool2d_backward")
     } else {
@@ -480,7 +519,12 @@ pub fn pool(max: bool, s: &Pool2dShape, input_grad: bool, relu_mask: bool) -> Op
         ("WINDOW", s.window as f64),
         ("STRIDE", s.stride as f64),
         ("RELU_MASK", relu_mask as u8 as f64),
+        ("DROP_OUT", dropout.is_some() as u8 as f64),
     ];
+    let mut constants = constants;
+    if let Some(m) = dropout {
+        constants.extend([("DROP_P", m.p as f64), ("DROP_SEED", m.seed as f64)]);
+    }
     OpPlan {
         file: "pool",
         dims: kernels::pool_dims(s),
@@ -497,14 +541,17 @@ pub fn pool(max: bool, s: &Pool2dShape, input_grad: bool, relu_mask: bool) -> Op
 
 /// Whether layer `i` is a ReLU whose backward pass the layer after it applies in its own input
 /// gradient (a max pooling with disjoint windows; with the fast kernels also a convolution or a
-/// dense layer), so that the ReLU runs no backward kernel and its input gradient is the next
-/// layer's (the executor aliases the two buffers).
+/// dense layer, directly or through a dropout whose backward pass that layer applies too), so
+/// that the ReLU runs no backward kernel and its input gradient is the next layer's (the executor
+/// aliases the two buffers). Through a dropout the mask is the dropout's output > 0: a kept
+/// element is the ReLU's output times 1 / (1 - p), so positive exactly where that output is.
 pub fn relu_mask_fused(layers: &[ResolvedLayer], i: usize, fast: bool) -> bool {
     matches!(layers[i].layer, Layer::Relu)
         && i > 0
         && match layers.get(i + 1).map(|l| l.layer) {
             Some(Layer::MaxPool2d { window, stride }) => window == stride,
             Some(Layer::Conv2d { .. } | Layer::Dense { .. }) => fast,
+            Some(Layer::Dropout { .. }) => dropout_backward_fused(layers, i + 1, fast),
             _ => false,
         }
 }
@@ -519,6 +566,48 @@ pub fn relu_forward_fused(layers: &[ResolvedLayer], i: usize, fast: bool) -> boo
             layers[i - 1].layer,
             Layer::Conv2d { .. } | Layer::Dense { .. }
         )
+}
+
+/// Whether layer `i` is a dropout that the layer before it applies to its output: a max or
+/// average pooling, or (fast kernels) a convolution or dense layer, after the ReLU it applies if
+/// there is one between them. The dropout then runs no forward kernel and its output is that
+/// layer's (the executor aliases the two buffers); the kernels apply it only in training.
+pub fn dropout_forward_fused(layers: &[ResolvedLayer], i: usize, fast: bool) -> bool {
+    i > 0
+        && matches!(layers[i].layer, Layer::Dropout { .. })
+        && match layers[i - 1].layer {
+            Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } => true,
+            Layer::Conv2d { .. } | Layer::Dense { .. } => fast,
+            Layer::Relu => relu_forward_fused(layers, i - 1, fast),
+            _ => false,
+        }
+}
+
+/// Whether layer `i` is a dropout whose backward pass the next convolution or dense layer applies
+/// in its input gradient (fast kernels; flattens between them are reshapes that keep the element
+/// order, so the mask's element indices agree): the dropout runs no backward kernel and its input
+/// gradient is that layer's (the executor aliases the buffers).
+pub fn dropout_backward_fused(layers: &[ResolvedLayer], i: usize, fast: bool) -> bool {
+    fast && i > 0
+        && matches!(layers[i].layer, Layer::Dropout { .. })
+        && matches!(
+            layers[i + 1..]
+                .iter()
+                .map(|l| l.layer)
+                .find(|l| !matches!(l, Layer::Flatten)),
+            Some(Layer::Conv2d { .. } | Layer::Dense { .. })
+        )
+}
+
+/// The mask of layer `i` if it is a dropout.
+fn dropout_mask(layers: &[ResolvedLayer], i: usize, seed: u64) -> Option<DropoutMask> {
+    match layers.get(i)?.layer {
+        Layer::Dropout { p } => Some(DropoutMask {
+            p,
+            seed: dropout_seed(seed, layers[i].index),
+        }),
+        _ => None,
+    }
 }
 
 /// An elementwise op of `file` whose entry points are `<name>_forward` and `<name>_backward`,
@@ -563,25 +652,50 @@ pub fn activation(layer: &Layer, per_sample: usize, input_grad: bool) -> OpPlan 
 pub fn dropout(per_sample: usize, p: f32, seed: u32, input_grad: bool) -> OpPlan {
     let dims = kernels::dropout_dims(per_sample, p, seed);
     let entries = ("dropout_forward", "dropout_backward");
-    elementwise("dropout", entries, dims, per_sample, input_grad)
+    let mut op = elementwise("dropout", entries, dims, per_sample, input_grad);
+    op.constants = vec![("DROP_P", p as f64), ("DROP_SEED", seed as f64)];
+    op
 }
 
-/// Layer `i` of a network; `None` for a flatten, which runs nothing (its buffers alias).
+/// Layer `i` of a network; `None` for a flatten, which runs nothing (its buffers alias), and for
+/// a dropout that its neighbours apply in both directions.
 pub fn layer(layers: &[ResolvedLayer], i: usize, seed: u64, fast: bool) -> Option<OpPlan> {
     let l = &layers[i];
     // The first layer's input gradient is never needed; a fused ReLU's is computed by the next
     // layer.
     let input_grad = i > 0 && !relu_mask_fused(layers, i, fast);
     let relu_mask = i > 0 && relu_mask_fused(layers, i - 1, fast);
+    let relu = i + 1 < layers.len() && relu_forward_fused(layers, i + 1, fast);
+    // The dropout this layer applies to its output: right after it, or after its fused ReLU.
+    let after = if relu { i + 2 } else { i + 1 };
+    let dropout_after = (after < layers.len() && dropout_forward_fused(layers, after, fast))
+        .then(|| dropout_mask(layers, after, seed))
+        .flatten();
+    // The dropout whose backward pass this layer's input gradient applies (flattens between).
+    let before = layers[..i]
+        .iter()
+        .rposition(|l| !matches!(l.layer, Layer::Flatten));
+    let dropout_before = before
+        .filter(|&b| dropout_backward_fused(layers, b, fast))
+        .and_then(|b| dropout_mask(layers, b, seed));
+    // A ReLU before that dropout: its mask too.
+    let relu_mask = relu_mask
+        || before.is_some_and(|b| {
+            dropout_before.is_some() && b > 0 && relu_mask_fused(layers, b - 1, fast)
+        });
     let fused = Fused {
-        relu: i + 1 < layers.len() && relu_forward_fused(layers, i + 1, fast),
+        relu,
         relu_mask,
+        dropout: dropout_after,
+        dropout_mask: dropout_before,
     };
     Some(match l.layer {
         Layer::Conv2d { bias, .. } => conv2d(&l.conv_shape(1), bias, input_grad, fast, fused),
         Layer::Dense { bias, .. } => dense(&l.dense_shape(1), bias, input_grad, fast, fused),
-        Layer::MaxPool2d { .. } => pool(true, &l.pool_shape(1), input_grad, relu_mask),
-        Layer::AvgPool2d { .. } => pool(false, &l.pool_shape(1), input_grad, false),
+        Layer::MaxPool2d { .. } => {
+            pool(true, &l.pool_shape(1), input_grad, relu_mask, dropout_after)
+        }
+        Layer::AvgPool2d { .. } => pool(false, &l.pool_shape(1), input_grad, false, dropout_after),
         Layer::Relu if relu_forward_fused(layers, i, fast) => {
             let mut op = activation(&l.layer, l.output.len(), input_grad);
             op.forward.clear();
@@ -590,7 +704,23 @@ pub fn layer(layers: &[ResolvedLayer], i: usize, seed: u64, fast: bool) -> Optio
         Layer::Relu | Layer::Tanh | Layer::Sigmoid => {
             activation(&l.layer, l.output.len(), input_grad)
         }
-        Layer::Dropout { p } => dropout(l.output.len(), p, dropout_seed(seed, l.index), input_grad),
+        Layer::Dropout { p } => {
+            let (forward, backward) = (
+                dropout_forward_fused(layers, i, fast),
+                dropout_backward_fused(layers, i, fast),
+            );
+            if forward && (backward || !input_grad) {
+                return None;
+            }
+            let mut op = dropout(l.output.len(), p, dropout_seed(seed, l.index), input_grad);
+            if forward {
+                op.forward.clear();
+            }
+            if backward {
+                op.backward.clear();
+            }
+            op
+        }
         Layer::Flatten => return None,
     })
 }
