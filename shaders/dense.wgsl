@@ -169,22 +169,30 @@ fn store_y1(n: u32, o: u32, v4: vec4<f32>) {
 
 // Variant for narrow layers (OUT_F < 32, e.g. the 10-way classifier): lanes = samples; block
 // 16 outputs x 4 along `in` (vec4 partial sums); the 16 weight rows are shared through the subgroup.
-// Same bindings and result as dense_forward. Grid: (ceil(N / WG_S), ceil(OUT_F / 16), 1).
+// Same bindings and result as dense_forward. Grid: (ceil(N / (WG_S * SPL)), ceil(OUT_F / 16), 1).
 // WG_S, the workgroup size, is the subgroup size (the host sets it, 8 at least): with 64 lanes a
 // workgroup, a batch of 32 was ONE workgroup, so one core of llvmpipe did the whole layer
 // (3.1 ms for 1352 -> 10 at batch 32; 8 lanes a workgroup spread it over four).
 override WG_S: u32 = 64u;
+// SPL: samples per lane (1, 2 or 4): lane `l` of workgroup `w` takes samples
+// w * WG_S * SPL + l + k * WG_S, k < SPL; each weight row loaded is then used SPL times.
+override SPL: u32 = 1u;
 @compute @workgroup_size(WG_S)
 fn dense_forward_by_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
                            @builtin(subgroup_invocation_id) sgl: u32) {
     let l8 = sgl & 7u;
-    let n_raw = wid.x * WG_S + lid;
-    let live = n_raw < run.batch;
-    let n = min(n_raw, run.batch - 1u);
+    let n_a = wid.x * WG_S * SPL + lid;
+    let n_b = n_a + WG_S;
+    let n_c = n_a + 2u * WG_S;
+    let n_d = n_a + 3u * WG_S;
+    let last = run.batch - 1u;
     let o0 = wid.y * 16u;
     let wa = min(o0 + l8, OUT_F - 1u) * IN_F;        // this lane's share of the weight rows
     let wb = min(o0 + 8u + l8, OUT_F - 1u) * IN_F;
-    let xb = n * IN_F;
+    let xa = min(n_a, last) * IN_F;
+    let xb = min(n_b, last) * IN_F;
+    let xc = min(n_c, last) * IN_F;
+    let xd = min(n_d, last) * IN_F;
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
@@ -201,14 +209,62 @@ fn dense_forward_by_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
     var a13 = vec4<f32>(0.0);
     var a14 = vec4<f32>(0.0);
     var a15 = vec4<f32>(0.0);
+    var b0 = vec4<f32>(0.0);
+    var b1 = vec4<f32>(0.0);
+    var b2 = vec4<f32>(0.0);
+    var b3 = vec4<f32>(0.0);
+    var b4 = vec4<f32>(0.0);
+    var b5 = vec4<f32>(0.0);
+    var b6 = vec4<f32>(0.0);
+    var b7 = vec4<f32>(0.0);
+    var b8 = vec4<f32>(0.0);
+    var b9 = vec4<f32>(0.0);
+    var b10 = vec4<f32>(0.0);
+    var b11 = vec4<f32>(0.0);
+    var b12 = vec4<f32>(0.0);
+    var b13 = vec4<f32>(0.0);
+    var b14 = vec4<f32>(0.0);
+    var b15 = vec4<f32>(0.0);
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0);
+    var c5 = vec4<f32>(0.0);
+    var c6 = vec4<f32>(0.0);
+    var c7 = vec4<f32>(0.0);
+    var c8 = vec4<f32>(0.0);
+    var c9 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c12 = vec4<f32>(0.0);
+    var c13 = vec4<f32>(0.0);
+    var c14 = vec4<f32>(0.0);
+    var c15 = vec4<f32>(0.0);
+    var d0 = vec4<f32>(0.0);
+    var d1 = vec4<f32>(0.0);
+    var d2 = vec4<f32>(0.0);
+    var d3 = vec4<f32>(0.0);
+    var d4 = vec4<f32>(0.0);
+    var d5 = vec4<f32>(0.0);
+    var d6 = vec4<f32>(0.0);
+    var d7 = vec4<f32>(0.0);
+    var d8 = vec4<f32>(0.0);
+    var d9 = vec4<f32>(0.0);
+    var d10 = vec4<f32>(0.0);
+    var d11 = vec4<f32>(0.0);
+    var d12 = vec4<f32>(0.0);
+    var d13 = vec4<f32>(0.0);
+    var d14 = vec4<f32>(0.0);
+    var d15 = vec4<f32>(0.0);
     for (var i = 0u; i < IN4 * 4u; i += 4u) {
-        let x = ld4(xb + i);
         // Only the rows that exist are loaded: llvmpipe's loads cost per active lane (measured
         // 1.2x on 1352 -> 10; the clamped duplicates were loaded before).
         var sa = vec4<f32>(0.0);
         var sb = vec4<f32>(0.0);
         if (o0 + l8 < OUT_F) { sa = wt4(wa + i); }
         if (o0 + 8u + l8 < OUT_F) { sb = wt4(wb + i); }
+        let x = ld4(xa + i);
         a0 += x * subgroupShuffle(sa, 0u);
         a1 += x * subgroupShuffle(sa, 1u);
         a2 += x * subgroupShuffle(sa, 2u);
@@ -221,11 +277,54 @@ fn dense_forward_by_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
         if (OB > 10u) { a10 += x * subgroupShuffle(sb, 2u); a11 += x * subgroupShuffle(sb, 3u); }
         if (OB > 12u) { a12 += x * subgroupShuffle(sb, 4u); a13 += x * subgroupShuffle(sb, 5u); }
         if (OB > 14u) { a14 += x * subgroupShuffle(sb, 6u); a15 += x * subgroupShuffle(sb, 7u); }
+        if (SPL > 1u) {
+            let y = ld4(xb + i);
+            b0 += y * subgroupShuffle(sa, 0u);
+            b1 += y * subgroupShuffle(sa, 1u);
+            b2 += y * subgroupShuffle(sa, 2u);
+            b3 += y * subgroupShuffle(sa, 3u);
+            b4 += y * subgroupShuffle(sa, 4u);
+            b5 += y * subgroupShuffle(sa, 5u);
+            b6 += y * subgroupShuffle(sa, 6u);
+            b7 += y * subgroupShuffle(sa, 7u);
+            if (OB > 8u) { b8 += y * subgroupShuffle(sb, 0u); b9 += y * subgroupShuffle(sb, 1u); }
+            if (OB > 10u) { b10 += y * subgroupShuffle(sb, 2u); b11 += y * subgroupShuffle(sb, 3u); }
+            if (OB > 12u) { b12 += y * subgroupShuffle(sb, 4u); b13 += y * subgroupShuffle(sb, 5u); }
+            if (OB > 14u) { b14 += y * subgroupShuffle(sb, 6u); b15 += y * subgroupShuffle(sb, 7u); }
+        }
+        if (SPL > 2u) {
+            let z = ld4(xc + i);
+            c0 += z * subgroupShuffle(sa, 0u);
+            c1 += z * subgroupShuffle(sa, 1u);
+            c2 += z * subgroupShuffle(sa, 2u);
+            c3 += z * subgroupShuffle(sa, 3u);
+            c4 += z * subgroupShuffle(sa, 4u);
+            c5 += z * subgroupShuffle(sa, 5u);
+            c6 += z * subgroupShuffle(sa, 6u);
+            c7 += z * subgroupShuffle(sa, 7u);
+            if (OB > 8u) { c8 += z * subgroupShuffle(sb, 0u); c9 += z * subgroupShuffle(sb, 1u); }
+            if (OB > 10u) { c10 += z * subgroupShuffle(sb, 2u); c11 += z * subgroupShuffle(sb, 3u); }
+            if (OB > 12u) { c12 += z * subgroupShuffle(sb, 4u); c13 += z * subgroupShuffle(sb, 5u); }
+            if (OB > 14u) { c14 += z * subgroupShuffle(sb, 6u); c15 += z * subgroupShuffle(sb, 7u); }
+            let w = ld4(xd + i);
+            d0 += w * subgroupShuffle(sa, 0u);
+            d1 += w * subgroupShuffle(sa, 1u);
+            d2 += w * subgroupShuffle(sa, 2u);
+            d3 += w * subgroupShuffle(sa, 3u);
+            d4 += w * subgroupShuffle(sa, 4u);
+            d5 += w * subgroupShuffle(sa, 5u);
+            d6 += w * subgroupShuffle(sa, 6u);
+            d7 += w * subgroupShuffle(sa, 7u);
+            if (OB > 8u) { d8 += w * subgroupShuffle(sb, 0u); d9 += w * subgroupShuffle(sb, 1u); }
+            if (OB > 10u) { d10 += w * subgroupShuffle(sb, 2u); d11 += w * subgroupShuffle(sb, 3u); }
+            if (OB > 12u) { d12 += w * subgroupShuffle(sb, 4u); d13 += w * subgroupShuffle(sb, 5u); }
+            if (OB > 14u) { d14 += w * subgroupShuffle(sb, 6u); d15 += w * subgroupShuffle(sb, 7u); }
+        }
     }
     for (var i = IN4 * 4u; i < IN_F; i++) {   // tail when IN_F % 4 != 0
-        let x = vec4<f32>(input[xb + i], 0.0, 0.0, 0.0);
         let sa = vec4<f32>(weight[wa + i], 0.0, 0.0, 0.0);
         let sb = vec4<f32>(weight[wb + i], 0.0, 0.0, 0.0);
+        let x = vec4<f32>(input[xa + i], 0.0, 0.0, 0.0);
         a0 += x * subgroupShuffle(sa, 0u);
         a1 += x * subgroupShuffle(sa, 1u);
         a2 += x * subgroupShuffle(sa, 2u);
@@ -238,24 +337,122 @@ fn dense_forward_by_sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
         if (OB > 10u) { a10 += x * subgroupShuffle(sb, 2u); a11 += x * subgroupShuffle(sb, 3u); }
         if (OB > 12u) { a12 += x * subgroupShuffle(sb, 4u); a13 += x * subgroupShuffle(sb, 5u); }
         if (OB > 14u) { a14 += x * subgroupShuffle(sb, 6u); a15 += x * subgroupShuffle(sb, 7u); }
+        if (SPL > 1u) {
+            let y = vec4<f32>(input[xb + i], 0.0, 0.0, 0.0);
+            b0 += y * subgroupShuffle(sa, 0u);
+            b1 += y * subgroupShuffle(sa, 1u);
+            b2 += y * subgroupShuffle(sa, 2u);
+            b3 += y * subgroupShuffle(sa, 3u);
+            b4 += y * subgroupShuffle(sa, 4u);
+            b5 += y * subgroupShuffle(sa, 5u);
+            b6 += y * subgroupShuffle(sa, 6u);
+            b7 += y * subgroupShuffle(sa, 7u);
+            if (OB > 8u) { b8 += y * subgroupShuffle(sb, 0u); b9 += y * subgroupShuffle(sb, 1u); }
+            if (OB > 10u) { b10 += y * subgroupShuffle(sb, 2u); b11 += y * subgroupShuffle(sb, 3u); }
+            if (OB > 12u) { b12 += y * subgroupShuffle(sb, 4u); b13 += y * subgroupShuffle(sb, 5u); }
+            if (OB > 14u) { b14 += y * subgroupShuffle(sb, 6u); b15 += y * subgroupShuffle(sb, 7u); }
+        }
+        if (SPL > 2u) {
+            let z = vec4<f32>(input[xc + i], 0.0, 0.0, 0.0);
+            c0 += z * subgroupShuffle(sa, 0u);
+            c1 += z * subgroupShuffle(sa, 1u);
+            c2 += z * subgroupShuffle(sa, 2u);
+            c3 += z * subgroupShuffle(sa, 3u);
+            c4 += z * subgroupShuffle(sa, 4u);
+            c5 += z * subgroupShuffle(sa, 5u);
+            c6 += z * subgroupShuffle(sa, 6u);
+            c7 += z * subgroupShuffle(sa, 7u);
+            if (OB > 8u) { c8 += z * subgroupShuffle(sb, 0u); c9 += z * subgroupShuffle(sb, 1u); }
+            if (OB > 10u) { c10 += z * subgroupShuffle(sb, 2u); c11 += z * subgroupShuffle(sb, 3u); }
+            if (OB > 12u) { c12 += z * subgroupShuffle(sb, 4u); c13 += z * subgroupShuffle(sb, 5u); }
+            if (OB > 14u) { c14 += z * subgroupShuffle(sb, 6u); c15 += z * subgroupShuffle(sb, 7u); }
+            let w = vec4<f32>(input[xd + i], 0.0, 0.0, 0.0);
+            d0 += w * subgroupShuffle(sa, 0u);
+            d1 += w * subgroupShuffle(sa, 1u);
+            d2 += w * subgroupShuffle(sa, 2u);
+            d3 += w * subgroupShuffle(sa, 3u);
+            d4 += w * subgroupShuffle(sa, 4u);
+            d5 += w * subgroupShuffle(sa, 5u);
+            d6 += w * subgroupShuffle(sa, 6u);
+            d7 += w * subgroupShuffle(sa, 7u);
+            if (OB > 8u) { d8 += w * subgroupShuffle(sb, 0u); d9 += w * subgroupShuffle(sb, 1u); }
+            if (OB > 10u) { d10 += w * subgroupShuffle(sb, 2u); d11 += w * subgroupShuffle(sb, 3u); }
+            if (OB > 12u) { d12 += w * subgroupShuffle(sb, 4u); d13 += w * subgroupShuffle(sb, 5u); }
+            if (OB > 14u) { d14 += w * subgroupShuffle(sb, 6u); d15 += w * subgroupShuffle(sb, 7u); }
+        }
     }
-    if (!live) { return; }
-    store_y1(n, o0 + 0u, a0);
-    store_y1(n, o0 + 1u, a1);
-    store_y1(n, o0 + 2u, a2);
-    store_y1(n, o0 + 3u, a3);
-    store_y1(n, o0 + 4u, a4);
-    store_y1(n, o0 + 5u, a5);
-    store_y1(n, o0 + 6u, a6);
-    store_y1(n, o0 + 7u, a7);
-    store_y1(n, o0 + 8u, a8);
-    store_y1(n, o0 + 9u, a9);
-    store_y1(n, o0 + 10u, a10);
-    store_y1(n, o0 + 11u, a11);
-    store_y1(n, o0 + 12u, a12);
-    store_y1(n, o0 + 13u, a13);
-    store_y1(n, o0 + 14u, a14);
-    store_y1(n, o0 + 15u, a15);
+    if (n_a < run.batch) {
+        store_y1(n_a, o0 + 0u, a0);
+        store_y1(n_a, o0 + 1u, a1);
+        store_y1(n_a, o0 + 2u, a2);
+        store_y1(n_a, o0 + 3u, a3);
+        store_y1(n_a, o0 + 4u, a4);
+        store_y1(n_a, o0 + 5u, a5);
+        store_y1(n_a, o0 + 6u, a6);
+        store_y1(n_a, o0 + 7u, a7);
+        store_y1(n_a, o0 + 8u, a8);
+        store_y1(n_a, o0 + 9u, a9);
+        store_y1(n_a, o0 + 10u, a10);
+        store_y1(n_a, o0 + 11u, a11);
+        store_y1(n_a, o0 + 12u, a12);
+        store_y1(n_a, o0 + 13u, a13);
+        store_y1(n_a, o0 + 14u, a14);
+        store_y1(n_a, o0 + 15u, a15);
+    }
+    if (SPL > 1u && n_b < run.batch) {
+        store_y1(n_b, o0 + 0u, b0);
+        store_y1(n_b, o0 + 1u, b1);
+        store_y1(n_b, o0 + 2u, b2);
+        store_y1(n_b, o0 + 3u, b3);
+        store_y1(n_b, o0 + 4u, b4);
+        store_y1(n_b, o0 + 5u, b5);
+        store_y1(n_b, o0 + 6u, b6);
+        store_y1(n_b, o0 + 7u, b7);
+        store_y1(n_b, o0 + 8u, b8);
+        store_y1(n_b, o0 + 9u, b9);
+        store_y1(n_b, o0 + 10u, b10);
+        store_y1(n_b, o0 + 11u, b11);
+        store_y1(n_b, o0 + 12u, b12);
+        store_y1(n_b, o0 + 13u, b13);
+        store_y1(n_b, o0 + 14u, b14);
+        store_y1(n_b, o0 + 15u, b15);
+    }
+    if (SPL > 2u && n_c < run.batch) {
+        store_y1(n_c, o0 + 0u, c0);
+        store_y1(n_c, o0 + 1u, c1);
+        store_y1(n_c, o0 + 2u, c2);
+        store_y1(n_c, o0 + 3u, c3);
+        store_y1(n_c, o0 + 4u, c4);
+        store_y1(n_c, o0 + 5u, c5);
+        store_y1(n_c, o0 + 6u, c6);
+        store_y1(n_c, o0 + 7u, c7);
+        store_y1(n_c, o0 + 8u, c8);
+        store_y1(n_c, o0 + 9u, c9);
+        store_y1(n_c, o0 + 10u, c10);
+        store_y1(n_c, o0 + 11u, c11);
+        store_y1(n_c, o0 + 12u, c12);
+        store_y1(n_c, o0 + 13u, c13);
+        store_y1(n_c, o0 + 14u, c14);
+        store_y1(n_c, o0 + 15u, c15);
+    }
+    if (SPL > 2u && n_d < run.batch) {
+        store_y1(n_d, o0 + 0u, d0);
+        store_y1(n_d, o0 + 1u, d1);
+        store_y1(n_d, o0 + 2u, d2);
+        store_y1(n_d, o0 + 3u, d3);
+        store_y1(n_d, o0 + 4u, d4);
+        store_y1(n_d, o0 + 5u, d5);
+        store_y1(n_d, o0 + 6u, d6);
+        store_y1(n_d, o0 + 7u, d7);
+        store_y1(n_d, o0 + 8u, d8);
+        store_y1(n_d, o0 + 9u, d9);
+        store_y1(n_d, o0 + 10u, d10);
+        store_y1(n_d, o0 + 11u, d11);
+        store_y1(n_d, o0 + 12u, d12);
+        store_y1(n_d, o0 + 13u, d13);
+        store_y1(n_d, o0 + 14u, d14);
+        store_y1(n_d, o0 + 15u, d15);
+    }
 }
 
 fn store_dx(n: u32, i0: u32, v0: vec4<f32>) {
