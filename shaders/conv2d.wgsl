@@ -6,10 +6,11 @@
 // llvmpipe: 8; NVIDIA/AMD/Intel/Apple: 8..64). Workgroup size 64 (forward/backward_input/reduce).
 //
 // DESIGN — measured on Mesa 22.3 llvmpipe/lavapipe (8 invocations = the 8 lanes of an AVX2 register):
-//  * every storage-buffer load is a scalar loop over the 8 lanes with a bounds check (~100 ns per
-//    SIMD load, ~40 multiply-adds' worth), whether or not the address is the same in all lanes, and
-//    a vec4 load costs about 4 scalar loads; workgroup memory goes through the same kind of loop and
-//    barriers are coroutine switches;
+//  * every storage-buffer load is a scalar loop over the active lanes with a bounds check (~100 ns
+//    per SIMD load of 8 lanes, ~40 multiply-adds' worth), whether or not the address is the same
+//    in all lanes, and a vec4 load costs about 4 scalar loads; a load in a branch only some lanes
+//    take costs only those lanes (so clamped duplicate loads are worth skipping); workgroup memory
+//    goes through the same kind of loop and barriers are coroutine switches;
 //  * function-local arrays (`var a: array<...>`) end up in per-lane scratch memory even when every
 //    index is a constant after unrolling: a 16x4 register block held in an array ran 4-5x slower than
 //    the same block in named variables. So the register blocks here are NAMED variables, written out
@@ -29,6 +30,14 @@
 //                          Partials and bias-gradient partials go to `partials` (no atomics).
 //  conv2d_backward_weight_reduce  sums the SPLITS partials in split order 0..SPLITS-1: bit-identical
 //                          results run to run.
+//  conv2d_forward_narrow   C_OUT <= 8 (the small nets' first layer): lanes = 8-column strips, block
+//                          8 px x 8 channels: 2.8 -> 1.7-2.1 ms on N32 1->8 28x28 (16-channel blocks
+//                          were half empty).
+//  conv2d_backward_weight_by_channel  fewer than 8 lanes of (c, ky, kx block) work (C_IN = 1, k3):
+//                          lanes = output channels, the input row shared through the subgroup:
+//                          3.3 -> 2.0-2.2 ms on N32 1->8 (5x5 kernels stay on the general kernel).
+// The first-layer kernels are near what this cost model allows: every d_output / output element is
+// loaded / stored once, and a load costs ~12 ns a lane.
 // MEASURED (llvmpipe, 2 cores shared with another build: absolute ms vary 2x with the load; the
 // naive kernel was run alternately in the same loop, speed-up = ratio of medians of 5):
 //   shape A (N64 32->64 26x26 k3): forward 335-674 ms (2.0-4.0 GFLOP/s, 26.7x),
