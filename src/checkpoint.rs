@@ -1,11 +1,16 @@
 //! Checkpoints in safetensors, readable by PyTorch.
 //!
 //! Tensors: every parameter under its PyTorch `state_dict` name and layout (`0.weight` as
-//! `[out, in, k, k]`, `4.weight` as `[out, in]`, biases), f32. The SGD momentum buffers, when
-//! saved, sit beside them as `optimizer.momentum.<name>`; PyTorch code loading the weights skips
-//! them (`{k: v for k, v in t.items() if not k.startswith("optimizer.")}`).
-//! Metadata (strings): `format`, `spec` (the network), `seed`, `epoch` (epochs completed), `step`
-//! (SGD steps taken), `batch_size`, `lr`, `lr_decay`, `momentum`, `normalize_mean`, `normalize_std`.
+//! `[out, in, k, k]`, `4.weight` as `[out, in]`, biases), f32. The optimizer's state, when saved,
+//! sits beside them: SGD's momentum buffers as `optimizer.momentum.<name>`, Adam's moments as
+//! `optimizer.exp_avg.<name>` and `optimizer.exp_avg_sq.<name>` (PyTorch's names); PyTorch code
+//! loading the weights skips them (`{k: v for k, v in t.items() if not k.startswith("optimizer.")}`).
+//! Metadata (strings): `format`, `spec` (the network), `seed`, `epoch` (epochs completed),
+//! `epochs` (the run's planned epochs, which the schedule spans), `step` (optimizer steps taken),
+//! `batch_size`, `optimizer` (sgd, adam, adamw), `lr`, `momentum`, `beta1`, `beta2`, `eps`,
+//! `weight_decay`, `schedule` (constant, step, cosine, onecycle), `lr_decay`, `warmup`,
+//! `normalize_mean`, `normalize_std`. Checkpoints written before the optimizer and schedule
+//! fields existed load as SGD with the step schedule.
 //!
 //! Writes are atomic: the file is written beside its destination under a temporary name, flushed,
 //! then renamed over it, so an interrupted save never leaves a broken checkpoint.
@@ -19,11 +24,15 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::data::Normalization;
+use crate::exec::{Optimizer, OptimizerKind};
 use crate::network::{Network, Shape};
+use crate::schedule::{Schedule, ScheduleKind, Warmup};
 use crate::spec::NetSpec;
 
 pub const FORMAT: &str = "wgcnn-checkpoint-1";
 const MOMENTUM_PREFIX: &str = "optimizer.momentum.";
+const EXP_AVG_PREFIX: &str = "optimizer.exp_avg.";
+const EXP_AVG_SQ_PREFIX: &str = "optimizer.exp_avg_sq.";
 
 /// What a checkpoint holds besides the tensors.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,30 +40,41 @@ pub struct CheckpointInfo {
     pub spec: NetSpec,
     pub seed: u64,
     pub epoch: usize,
+    /// The run's planned epochs (what a schedule spans; `epoch` in older checkpoints).
+    pub epochs: usize,
     pub step: u64,
     pub batch_size: usize,
-    pub lr: f32,
-    /// The learning rate's factor per epoch (1 in checkpoints written before it existed).
-    pub lr_decay: f32,
-    pub momentum: f32,
+    /// The optimizer with its base learning rate.
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
     pub normalization: Normalization,
 }
 
-/// A loaded checkpoint: the network it describes, its parameters, and the momentum if saved.
+/// The optimizer's state: the first buffer per parameter (SGD's momentum, Adam's `exp_avg`) and,
+/// for Adam, the second (`exp_avg_sq`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerState {
+    pub first: Vec<Vec<f32>>,
+    pub second: Option<Vec<Vec<f32>>>,
+}
+
+/// A loaded checkpoint: the network it describes, its parameters, and the optimizer's state if
+/// saved.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub info: CheckpointInfo,
     pub network: Network,
     pub params: Vec<Vec<f32>>,
-    pub momentum: Option<Vec<Vec<f32>>>,
+    pub state: Option<OptimizerState>,
 }
 
-/// Write `params` (and `momentum`, if given) of `net` to `path`, atomically.
+/// Write `params` (and the optimizer's `state`, if given, under the names of `info.optimizer`)
+/// of `net` to `path`, atomically.
 pub fn save(
     path: &Path,
     net: &Network,
     params: &[Vec<f32>],
-    momentum: Option<&[Vec<f32>]>,
+    state: Option<&OptimizerState>,
     info: &CheckpointInfo,
 ) -> Result<()> {
     let mut names = Vec::new();
@@ -63,10 +83,26 @@ pub fn save(
         names.push(p.name.clone());
         buffers.push((values, p.shape.clone()));
     }
-    if let Some(momentum) = momentum {
-        for (p, values) in net.params.iter().zip(momentum) {
-            names.push(format!("{MOMENTUM_PREFIX}{}", p.name));
-            buffers.push((values, p.shape.clone()));
+    if let Some(state) = state {
+        let adam = info.optimizer.kind != OptimizerKind::Sgd;
+        let first = if adam {
+            EXP_AVG_PREFIX
+        } else {
+            MOMENTUM_PREFIX
+        };
+        let mut tensors = vec![(first, &state.first)];
+        if adam {
+            let second = state
+                .second
+                .as_ref()
+                .ok_or_else(|| anyhow!("{}: Adam's second moment is missing", path.display()))?;
+            tensors.push((EXP_AVG_SQ_PREFIX, second));
+        }
+        for (prefix, values) in tensors {
+            for (p, values) in net.params.iter().zip(values) {
+                names.push(format!("{prefix}{}", p.name));
+                buffers.push((values, p.shape.clone()));
+            }
         }
     }
     let views: Vec<(String, TensorView<'_>)> = names
@@ -83,11 +119,19 @@ pub fn save(
         ("spec", info.spec.to_string()),
         ("seed", info.seed.to_string()),
         ("epoch", info.epoch.to_string()),
+        ("epochs", info.epochs.to_string()),
         ("step", info.step.to_string()),
         ("batch_size", info.batch_size.to_string()),
-        ("lr", info.lr.to_string()),
-        ("lr_decay", info.lr_decay.to_string()),
-        ("momentum", info.momentum.to_string()),
+        ("optimizer", info.optimizer.kind.to_string()),
+        ("lr", info.optimizer.lr.to_string()),
+        ("momentum", info.optimizer.momentum.to_string()),
+        ("beta1", info.optimizer.beta1.to_string()),
+        ("beta2", info.optimizer.beta2.to_string()),
+        ("eps", info.optimizer.eps.to_string()),
+        ("weight_decay", info.optimizer.weight_decay.to_string()),
+        ("schedule", info.schedule.kind.to_string()),
+        ("lr_decay", info.schedule.decay.to_string()),
+        ("warmup", info.schedule.warmup.to_string()),
         ("normalize_mean", info.normalization.mean.to_string()),
         ("normalize_std", info.normalization.std.to_string()),
     ]
@@ -200,54 +244,108 @@ pub fn load(path: &Path, input: Shape, spec: Option<&NetSpec>) -> Result<Checkpo
         .map_err(|e| anyhow!("{}: metadata 'spec': {e}", path.display()))?;
     let spec = spec.cloned().unwrap_or(stored_spec);
     let network = Network::new(&spec, input).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    // Fields added with the optimizers and schedules: older checkpoints are SGD, step schedule.
+    let optional = |key: &str| metadata.contains_key(key);
+    let defaults = Optimizer::default();
+    let epoch: usize = parse_meta(path, metadata, "epoch")?;
+    let optimizer = Optimizer {
+        kind: if optional("optimizer") {
+            parse_meta(path, metadata, "optimizer")?
+        } else {
+            OptimizerKind::Sgd
+        },
+        lr: parse_meta(path, metadata, "lr")?,
+        momentum: parse_meta(path, metadata, "momentum")?,
+        beta1: optional_meta(path, metadata, "beta1", defaults.beta1)?,
+        beta2: optional_meta(path, metadata, "beta2", defaults.beta2)?,
+        eps: optional_meta(path, metadata, "eps", defaults.eps)?,
+        weight_decay: optional_meta(path, metadata, "weight_decay", 0.0)?,
+    };
+    let schedule = Schedule {
+        kind: optional_meta(path, metadata, "schedule", ScheduleKind::Step)?,
+        decay: optional_meta(path, metadata, "lr_decay", 1.0)?,
+        warmup: optional_meta(path, metadata, "warmup", Warmup::None)?,
+    };
     let info = CheckpointInfo {
         spec: spec.clone(),
         seed: parse_meta(path, metadata, "seed")?,
-        epoch: parse_meta(path, metadata, "epoch")?,
+        epoch,
+        epochs: optional_meta(path, metadata, "epochs", epoch)?,
         step: parse_meta(path, metadata, "step")?,
         batch_size: parse_meta(path, metadata, "batch_size")?,
-        lr: parse_meta(path, metadata, "lr")?,
-        lr_decay: match metadata.get("lr_decay") {
-            Some(_) => parse_meta(path, metadata, "lr_decay")?,
-            None => 1.0,
-        },
-        momentum: parse_meta(path, metadata, "momentum")?,
+        optimizer,
+        schedule,
         normalization: Normalization {
             mean: parse_meta(path, metadata, "normalize_mean")?,
             std: parse_meta(path, metadata, "normalize_std")?,
         },
     };
     let mut params = Vec::new();
-    let mut momentum = Vec::new();
     for p in &network.params {
         let what = format!("{} of the network {spec}", p.name);
         match tensor_f32(path, &st, &p.name, &p.shape, &what)? {
             Some(values) => params.push(values),
             None => bail!("{}: the checkpoint has no tensor '{}' (shape {:?}), which the network {spec} needs", path.display(), p.name, p.shape),
         }
-        if let Some(values) = tensor_f32(
-            path,
-            &st,
-            &format!("{MOMENTUM_PREFIX}{}", p.name),
-            &p.shape,
-            "momentum",
-        )? {
-            momentum.push(values);
-        }
     }
-    let momentum = match momentum.len() {
-        0 => None,
-        n if n == network.params.len() => Some(momentum),
-        n => bail!(
-            "{}: the checkpoint has momentum for {n} of the {} parameters; expected all or none",
-            path.display(),
-            network.params.len()
-        ),
+    // The optimizer's state, under the names of its optimizer: all or nothing per buffer.
+    let buffers = |prefix: &str, what: &str| -> Result<Option<Vec<Vec<f32>>>> {
+        let mut found = Vec::new();
+        for p in &network.params {
+            let name = format!("{prefix}{}", p.name);
+            if let Some(values) = tensor_f32(path, &st, &name, &p.shape, what)? {
+                found.push(values);
+            }
+        }
+        match found.len() {
+            0 => Ok(None),
+            n if n == network.params.len() => Ok(Some(found)),
+            n => bail!(
+                "{}: the checkpoint has {what} for {n} of the {} parameters; expected all or none",
+                path.display(),
+                network.params.len()
+            ),
+        }
+    };
+    let state = if optimizer.kind == OptimizerKind::Sgd {
+        buffers(MOMENTUM_PREFIX, "momentum")?.map(|first| OptimizerState {
+            first,
+            second: None,
+        })
+    } else {
+        match (
+            buffers(EXP_AVG_PREFIX, "exp_avg")?,
+            buffers(EXP_AVG_SQ_PREFIX, "exp_avg_sq")?,
+        ) {
+            (Some(first), Some(second)) => Some(OptimizerState {
+                first,
+                second: Some(second),
+            }),
+            (None, None) => None,
+            _ => bail!(
+                "{}: the checkpoint has one of Adam's two moments ({EXP_AVG_PREFIX}*, {EXP_AVG_SQ_PREFIX}*) without the other",
+                path.display()
+            ),
+        }
     };
     Ok(Checkpoint {
         info,
         network,
         params,
-        momentum,
+        state,
     })
+}
+
+/// A metadata field that older checkpoints lack: `default` when absent.
+fn optional_meta<T: std::str::FromStr>(
+    path: &Path,
+    metadata: &HashMap<String, String>,
+    key: &str,
+    default: T,
+) -> Result<T> {
+    if metadata.contains_key(key) {
+        parse_meta(path, metadata, key)
+    } else {
+        Ok(default)
+    }
 }

@@ -25,5 +25,6 @@ pub mod network;
 pub mod ops;
 pub mod plot;
 pub mod predict;
+pub mod schedule;
 pub mod spec;
 pub mod train;

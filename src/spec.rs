@@ -17,6 +17,9 @@
 
 use std::fmt;
 
+use crate::exec::OptimizerKind;
+use crate::schedule::{ScheduleKind, Warmup};
+
 /// One layer of the catalogue.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Layer {
@@ -288,11 +291,36 @@ pub struct Preset {
     pub batch_size: usize,
     pub lr: f32,
     pub momentum: f32,
-    /// The learning rate is multiplied by this after every epoch (1: constant).
+    /// The learning rate is multiplied by this after every epoch (1: constant), under the `step`
+    /// schedule.
     pub lr_decay: f32,
     /// Input normalisation: pixels in [0, 1], or standardised with MNIST's mean and deviation.
     pub standardize: bool,
+    pub optimizer: OptimizerKind,
+    /// Adam's betas.
+    pub betas: (f32, f32),
+    pub weight_decay: f32,
+    pub schedule: ScheduleKind,
+    pub warmup: Warmup,
 }
+
+/// What the notebook presets share: SGD, the `step` schedule (constant when `lr_decay` is 1).
+const SGD_PRESET: Preset = Preset {
+    name: "",
+    spec: "",
+    description: "",
+    epochs: 3,
+    batch_size: 32,
+    lr: 0.05,
+    momentum: 0.9,
+    lr_decay: 1.0,
+    standardize: false,
+    optimizer: OptimizerKind::Sgd,
+    betas: (0.9, 0.999),
+    weight_decay: 0.0,
+    schedule: ScheduleKind::Step,
+    warmup: Warmup::None,
+};
 
 /// The networks of the notebooks this project grew from, and a stronger default.
 pub const PRESETS: &[Preset] = &[
@@ -306,6 +334,7 @@ pub const PRESETS: &[Preset] = &[
         momentum: 0.9,
         lr_decay: 0.7,
         standardize: true,
+        ..SGD_PRESET
     },
     Preset {
         name: "tanh-avgpool",
@@ -317,6 +346,7 @@ pub const PRESETS: &[Preset] = &[
         momentum: 0.9,
         lr_decay: 1.0,
         standardize: false,
+        ..SGD_PRESET
     },
     Preset {
         name: "dropout",
@@ -328,6 +358,7 @@ pub const PRESETS: &[Preset] = &[
         momentum: 0.9,
         lr_decay: 1.0,
         standardize: false,
+        ..SGD_PRESET
     },
     Preset {
         name: "two-conv",
@@ -339,6 +370,7 @@ pub const PRESETS: &[Preset] = &[
         momentum: 0.9,
         lr_decay: 1.0,
         standardize: false,
+        ..SGD_PRESET
     },
     Preset {
         name: "relu-maxpool",
@@ -350,6 +382,7 @@ pub const PRESETS: &[Preset] = &[
         momentum: 0.9,
         lr_decay: 1.0,
         standardize: false,
+        ..SGD_PRESET
     },
     Preset {
         name: "batch1",
@@ -361,6 +394,7 @@ pub const PRESETS: &[Preset] = &[
         momentum: 0.0,
         lr_decay: 1.0,
         standardize: false,
+        ..SGD_PRESET
     },
     Preset {
         name: "sigmoid-bce",
@@ -372,6 +406,23 @@ pub const PRESETS: &[Preset] = &[
         momentum: 0.9,
         lr_decay: 1.0,
         standardize: false,
+        ..SGD_PRESET
+    },
+    Preset {
+        name: "fast",
+        spec: "conv24k5-maxpool2-relu-conv32k5-maxpool2-relu-dense256-relu-dense10",
+        description: "one epoch to 99%: conv 24 5x5 -> max pool 2 -> ReLU -> conv 32 5x5 -> max pool 2 -> ReLU -> dense 256 -> ReLU -> dense 10; Adam (betas 0.7, 0.9), one-cycle learning rate, batch 256",
+        epochs: 1,
+        batch_size: 256,
+        lr: 0.01,
+        momentum: 0.0,
+        lr_decay: 1.0,
+        standardize: true,
+        optimizer: OptimizerKind::Adam,
+        betas: (0.7, 0.9),
+        weight_decay: 0.0,
+        schedule: ScheduleKind::OneCycle,
+        warmup: Warmup::None,
     },
 ];
 

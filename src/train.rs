@@ -1,5 +1,5 @@
-//! The training loop, the same for every executor: shuffle, minibatch SGD steps, then evaluate,
-//! once per epoch.
+//! The training loop, the same for every executor: shuffle, minibatch optimizer steps (the
+//! learning rate scheduled per step), then evaluate, once per epoch.
 
 use std::time::Instant;
 
@@ -9,26 +9,28 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::Split;
-use crate::exec::{Diverged, Executor, Metrics, Sgd};
+use crate::exec::{Diverged, Executor, Metrics, Optimizer};
+use crate::schedule::Schedule;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
-    /// The learning rate and momentum of the first epoch.
-    pub sgd: Sgd,
-    /// The learning rate is multiplied by this after every epoch (1: constant).
-    pub lr_decay: f32,
+    /// The optimizer, with the base learning rate (the schedule's peak for one-cycle).
+    pub optimizer: Optimizer,
+    /// How the learning rate moves, step by step.
+    pub schedule: Schedule,
     pub seed: u64,
 }
 
 impl TrainConfig {
-    /// The SGD settings of `epoch` (1-based): `lr * lr_decay^(epoch - 1)`.
-    pub fn sgd_for_epoch(&self, epoch: usize) -> Sgd {
-        Sgd {
-            lr: self.sgd.lr * self.lr_decay.powi(epoch as i32 - 1),
-            ..self.sgd
-        }
+    /// The optimizer of global step `step` (0-based), the learning rate scheduled, for a
+    /// training set of `train_len` images.
+    pub fn optimizer_at(&self, step: u64, train_len: usize) -> Optimizer {
+        let per_epoch = train_len.div_ceil(self.batch_size.max(1)) as u64;
+        let total = per_epoch * self.epochs as u64;
+        let lr = self.schedule.lr(self.optimizer.lr, step, total, per_epoch);
+        self.optimizer.with_lr(lr)
     }
 }
 
@@ -45,6 +47,8 @@ pub struct EpochReport {
     pub seconds: f64,
     /// Training images per second (training steps only).
     pub images_per_second: f64,
+    /// The learning rate of the epoch's last step.
+    pub lr: f32,
 }
 
 impl EpochReport {
@@ -98,6 +102,8 @@ pub struct Progress {
     pub so_far: Metrics,
     /// Seconds since the epoch began.
     pub seconds: f64,
+    /// The learning rate of the last step.
+    pub lr: f32,
 }
 
 /// What the training loop reports to; every method has a do-nothing default.
@@ -114,8 +120,9 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
-/// Train epochs `first_epoch..=config.epochs` (1-based; `first_epoch > 1` resumes a run: the
-/// shuffles and the step numbers continue where an uninterrupted run would be) over `train_len`
+/// Train epochs `first_epoch..=last_epoch` of a run planned for `config.epochs` (1-based;
+/// `first_epoch > 1` resumes a run, `last_epoch < config.epochs` stops it early: the shuffles, the
+/// step numbers and the schedule are those of the whole planned run either way) over `train_len`
 /// images. Every `progress_every` steps (0: never) the running training metrics are read back and
 /// passed to `observer.progress`. A loss that stops being finite ends training with an error
 /// naming the epoch and the step.
@@ -124,6 +131,7 @@ pub fn train(
     config: &TrainConfig,
     train_len: usize,
     first_epoch: usize,
+    last_epoch: usize,
     progress_every: usize,
     observer: &mut dyn Observer,
 ) -> Result<Vec<EpochReport>> {
@@ -139,26 +147,28 @@ pub fn train(
         match e.downcast_ref::<Diverged>() {
             Some(d) => anyhow::anyhow!(
                 "training diverged in epoch {} at step {} of {}: the loss became {}. \
-                 Try a smaller --lr (it was {}).",
+                 Try a smaller --lr (it was {} at that step).",
                 d.step as usize / steps_per_epoch + 1,
                 d.step as usize % steps_per_epoch + 1,
                 steps_per_epoch,
                 d.loss,
-                config.sgd.lr
+                config.optimizer_at(d.step as u64, train_len).lr
             ),
             None => e,
         }
     };
-    for epoch in first_epoch..=config.epochs {
+    for epoch in first_epoch..=last_epoch.min(config.epochs) {
         let started = Instant::now();
         exec.begin_epoch(shuffler.next_epoch())?;
-        let sgd = config.sgd_for_epoch(epoch);
         let mut train = Metrics::default();
+        let mut lr = config.optimizer.lr;
         for step_in_epoch in 0..steps_per_epoch {
             let start = step_in_epoch * config.batch_size;
             let len = config.batch_size.min(train_len - start);
             let step = ((epoch - 1) * steps_per_epoch + step_in_epoch) as u32;
-            exec.train_step(start, len, step, sgd).map_err(diverged)?;
+            let opt = config.optimizer_at(step as u64, train_len);
+            lr = opt.lr;
+            exec.train_step(start, len, step, opt).map_err(diverged)?;
             let done = step_in_epoch + 1;
             if progress_every > 0 && done % progress_every == 0 && done < steps_per_epoch {
                 add(&mut train, exec.take_train_metrics().map_err(diverged)?);
@@ -169,6 +179,7 @@ pub fn train(
                     steps_per_epoch,
                     so_far: train,
                     seconds,
+                    lr,
                 });
             }
         }
@@ -181,6 +192,7 @@ pub fn train(
             test,
             seconds: started.elapsed().as_secs_f64(),
             images_per_second: train_len as f64 / train_seconds,
+            lr,
         };
         observer.epoch_done(&report, exec)?;
         reports.push(report);

@@ -150,6 +150,58 @@ fn bad_options_and_data_give_clear_errors() {
             "{stderr}"
         );
     }
+    // The optimizers' and schedules' settings.
+    for (args, needle) in [
+        (
+            &["--betas", "0.9"][..],
+            "expected BETA1,BETA2 with each in [0, 1)",
+        ),
+        (
+            &["--betas", "0.9,1.0"][..],
+            "'0.9,1.0': expected BETA1,BETA2",
+        ),
+        (
+            &["--optimizer", "rmsprop"][..],
+            "possible values: sgd, adam, adamw",
+        ),
+        (
+            &["--eps", "0"][..],
+            "--eps must be a positive number, not 0",
+        ),
+        (
+            &["--weight-decay", "-1"][..],
+            "--weight-decay must be 0 or more, not -1",
+        ),
+        (
+            &["--optimizer", "adamw", "--lr", "0.5", "--weight-decay", "4"][..],
+            "would shrink the weights by 2 each step",
+        ),
+        (
+            &["--schedule", "linear"][..],
+            "possible values: constant, step, cosine, onecycle",
+        ),
+        (
+            &["--warmup", "1.5"][..],
+            "'1.5': expected a number of steps (e.g. 500) or a fraction",
+        ),
+        (&["--warmup", "-3"][..], "expected a number of steps"),
+    ] {
+        let (_, stderr) = text(&wgcnn(&[&["train"][..], args].concat()));
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--epochs",
+        "2",
+        "--stop-after",
+        "0",
+        "--limit-train",
+        "10",
+    ]));
+    assert!(
+        stderr.contains("--stop-after 0: the run is already past epoch 0"),
+        "{stderr}"
+    );
 }
 
 #[test]

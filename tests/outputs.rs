@@ -7,11 +7,12 @@ mod common;
 
 use common::{text, wgcnn};
 use image::{GrayImage, Luma};
-use wgcnn::checkpoint::{self, CheckpointInfo};
+use wgcnn::checkpoint::{self, CheckpointInfo, OptimizerState};
 use wgcnn::data::{load_split, Dataset, Normalization, Split};
 use wgcnn::exec::reference::CpuReference;
-use wgcnn::exec::{Executor, Sgd};
+use wgcnn::exec::{Executor, Optimizer};
 use wgcnn::network::{Network, Shape};
+use wgcnn::schedule::{Schedule, ScheduleKind};
 use wgcnn::spec::NetSpec;
 
 const MNIST: Shape = Shape {
@@ -35,11 +36,15 @@ fn info(spec: &NetSpec, epoch: usize) -> CheckpointInfo {
         spec: spec.clone(),
         seed: 4,
         epoch,
+        epochs: 3,
         step: 10,
         batch_size: 16,
-        lr: 0.05,
-        lr_decay: 0.8,
-        momentum: 0.9,
+        optimizer: Optimizer::sgd(0.05, 0.9),
+        schedule: Schedule {
+            kind: ScheduleKind::Step,
+            decay: 0.8,
+            ..Schedule::default()
+        },
         normalization: Normalization::UNIT,
     }
 }
@@ -59,16 +64,8 @@ fn trained(spec_text: &str) -> (Network, CpuReference) {
     );
     exec.begin_epoch(&(0..160).collect::<Vec<u32>>()).unwrap();
     for step in 0..10 {
-        exec.train_step(
-            step * 16,
-            16,
-            step as u32,
-            Sgd {
-                lr: 0.05,
-                momentum: 0.9,
-            },
-        )
-        .unwrap();
+        exec.train_step(step * 16, 16, step as u32, Optimizer::sgd(0.05, 0.9))
+            .unwrap();
     }
     (net, exec)
 }
@@ -84,13 +81,17 @@ fn a_saved_checkpoint_loads_and_predicts_bit_identically() {
         let (net, mut exec) = trained(spec_text);
         let before = exec.test_logits().unwrap();
         let (params, momentum) = (exec.parameters().unwrap(), exec.momentum().unwrap());
-        checkpoint::save(&path, &net, &params, Some(&momentum), &info(&net.spec, 1)).unwrap();
+        let state = OptimizerState {
+            first: momentum.clone(),
+            second: None,
+        };
+        checkpoint::save(&path, &net, &params, Some(&state), &info(&net.spec, 1)).unwrap();
 
         let ck = checkpoint::load(&path, MNIST, None).unwrap();
         assert_eq!(ck.info, info(&net.spec, 1));
         assert_eq!(ck.network, net);
         assert_eq!(ck.params, params);
-        assert_eq!(ck.momentum.as_ref(), Some(&momentum));
+        assert_eq!(ck.state, Some(state));
         let mut again = CpuReference::new(
             ck.network,
             ck.params,
@@ -274,7 +275,7 @@ fn resuming_continues_exactly_where_the_run_stopped() {
     assert_eq!(cb.info.epoch, 2);
     // Same shuffles, same dropout masks, same momentum: the same weights, bit for bit.
     assert_eq!(ca.params, cb.params);
-    assert_eq!(ca.momentum, cb.momentum);
+    assert_eq!(ca.state, cb.state);
     let again = wgcnn(&[
         "train",
         "--resume",
@@ -289,6 +290,85 @@ fn resuming_continues_exactly_where_the_run_stopped() {
         "{:?}",
         text(&again)
     );
+}
+
+/// A run planned for three epochs with AdamW and a one-cycle schedule, stopped after the first
+/// (--stop-after) and resumed: the schedule, the step count and both moments carry over, and the
+/// result is the uninterrupted run's, bit for bit.
+#[test]
+fn resuming_mid_schedule_with_adamw_equals_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    let data = ["--limit-train", "200", "--limit-test", "50"];
+    let common = [
+        &[
+            "train",
+            "--model",
+            "conv4k3-tanh-dropout0.3-dense10",
+            "--optimizer",
+            "adamw",
+            "--weight-decay",
+            "0.01",
+            "--lr",
+            "0.01",
+            "--schedule",
+            "onecycle",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--seed",
+            "7",
+        ][..],
+        &data,
+    ]
+    .concat();
+    let straight = wgcnn(&[&common[..], &["--save", a.to_str().unwrap()]].concat());
+    assert!(straight.status.success(), "{:?}", text(&straight));
+    let first = wgcnn(
+        &[
+            &common[..],
+            &["--stop-after", "1", "--save", b.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let (out, err) = text(&first);
+    assert!(first.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("(stopping after 1)") && !out.contains("epoch 2/3"),
+        "{out}"
+    );
+    let resumed = wgcnn(
+        &[
+            &[
+                "train",
+                "--resume",
+                b.to_str().unwrap(),
+                "--save",
+                b.to_str().unwrap(),
+            ][..],
+            &data,
+        ]
+        .concat(),
+    );
+    let (out, err) = text(&resumed);
+    assert!(resumed.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("epochs 2..=3") && out.contains("optimizer adamw") && out.contains("onecycle"),
+        "{out}"
+    );
+    let (ca, cb) = (
+        checkpoint::load(&a, MNIST, None).unwrap(),
+        checkpoint::load(&b, MNIST, None).unwrap(),
+    );
+    assert_eq!(cb.info.epoch, 3);
+    assert_eq!(ca.params, cb.params);
+    let state = cb.state.as_ref().expect("the optimizer's state is saved");
+    assert!(state.second.is_some(), "AdamW saves both moments");
+    assert_eq!(ca.state, cb.state);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `wgcnn bench`: the training benchmark, a fixed number of SGD steps of a network on real MNIST
+//! `wgcnn bench`: the training benchmark, a fixed number of optimizer steps of a network on real MNIST
 //! batches, after warm-up, repeated; medians reported. The same measurement for every executor,
 //! so CPU, GPU and PyTorch (`bench/pytorch_reference.py`) figures can be set side by side. With
 //! `--profile`, the executor's per-op profile of those steps.
@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::{load_data, make_executor, mnist_network, preset_normalization, resolve_model};
 use super::{DataArgs, DeviceArgs, ModelArgs};
-use crate::exec::{Executor, Sgd};
+use crate::exec::{Executor, Optimizer};
 use crate::train::Shuffler;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -20,7 +20,8 @@ pub struct BenchConfig {
     /// Untimed steps before the first repetition (pipeline warm-up, caches, lazy allocation).
     pub warmup: usize,
     pub repeats: usize,
-    pub sgd: Sgd,
+    /// The optimizer at its base learning rate (the benchmark does not schedule it).
+    pub optimizer: Optimizer,
     pub seed: u64,
 }
 
@@ -77,7 +78,7 @@ pub fn run(exec: &mut dyn Executor, config: &BenchConfig, train_len: usize) -> R
             position * config.batch_size,
             config.batch_size,
             step_number,
-            config.sgd,
+            config.optimizer,
         )?;
         position += 1;
         step_number += 1;
@@ -136,7 +137,7 @@ pub struct BenchArgs {
 }
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
-    let resolved = resolve_model(&args.model, None)?;
+    let resolved = resolve_model(&args.model, &super::ScheduleArgs::default(), None)?;
     let net = mnist_network(&resolved.spec)?;
     let (train_set, test_set) = load_data(&args.data)?;
     let c = resolved.config;
@@ -163,7 +164,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
             steps: args.steps,
             warmup: 0,
             repeats: 1,
-            sgd: c.sgd,
+            optimizer: c.optimizer,
             seed: c.seed,
         };
         // Warm up first (pipelines, caches, the thread pool), as the timed benchmark does.
@@ -218,7 +219,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         steps: args.steps,
         warmup: args.warmup,
         repeats: args.repeats,
-        sgd: c.sgd,
+        optimizer: c.optimizer,
         seed: c.seed,
     };
     if !args.json {

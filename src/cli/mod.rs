@@ -27,8 +27,9 @@ pub const MNIST_INPUT: Shape = Shape {
 };
 use crate::exec::fast::FastCpu;
 use crate::exec::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
-use crate::exec::{Executor, Sgd};
+use crate::exec::{Executor, Optimizer, OptimizerKind};
 use crate::network::{Network, Shape};
+use crate::schedule::{Schedule, ScheduleKind, Warmup};
 use crate::spec::{self, NetSpec, PRESETS};
 use crate::train::TrainConfig;
 
@@ -81,13 +82,41 @@ pub struct ModelArgs {
     /// SGD momentum, 0 for plain SGD [default: the preset's].
     #[arg(long)]
     pub momentum: Option<f32>,
-    /// Multiply the learning rate by this after every epoch, in (0, 1]; 1 keeps it constant
-    /// [default: the preset's].
-    #[arg(long)]
-    pub lr_decay: Option<f32>,
+    /// The update rule, as PyTorch's torch.optim.SGD / Adam / AdamW [default: the preset's].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Adam's coefficients of the running averages of the gradient and its square, as
+    /// BETA1,BETA2 (each in [0, 1)) [default: the preset's, else 0.9,0.999].
+    #[arg(long, value_name = "BETA1,BETA2", value_parser = parse_betas)]
+    pub betas: Option<(f32, f32)>,
+    /// Adam's term added to the denominator [default: 1e-8].
+    #[arg(long, allow_negative_numbers = true)]
+    pub eps: Option<f32>,
+    /// L2 penalty (sgd, adam) or decoupled weight decay (adamw) [default: the preset's, else 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub weight_decay: Option<f32>,
     /// Seed of the weight initialisation, the shuffles and the dropout masks [default: 1, or that of --resume].
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+/// How the learning rate moves during training (`train` only: `bench` runs at the base rate).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ScheduleArgs {
+    /// How the learning rate moves, stepped every batch: constant, step (times --lr-decay every
+    /// epoch), cosine (annealed to 0 at the end of the run), onecycle (up from lr/25 to --lr, then
+    /// down to lr/25e4) [default: the preset's; step when --lr-decay is given].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Warm-up: a number of steps (500) or a fraction of the run (0.1). Linear from lr/W to lr
+    /// before constant, step and cosine; for onecycle, the length of the rise [default: none;
+    /// onecycle 0.3].
+    #[arg(long, value_name = "STEPS|FRACTION", allow_negative_numbers = true)]
+    pub warmup: Option<Warmup>,
+    /// Multiply the learning rate by this after every epoch, in (0, 1] (the step schedule)
+    /// [default: the preset's].
+    #[arg(long)]
+    pub lr_decay: Option<f32>,
 }
 
 /// Where the data comes from.
@@ -121,8 +150,81 @@ pub struct DeviceArgs {
     pub cpu_reference: bool,
 }
 
-/// Training defaults for a spec that is not a preset.
-const CUSTOM_DEFAULTS: (usize, usize, f32, f32, f32) = (3, 32, 0.05, 0.9, 1.0);
+/// `--betas 0.9,0.999`.
+fn parse_betas(text: &str) -> Result<(f32, f32), String> {
+    let parts: Vec<&str> = text.split(',').collect();
+    let bad = || format!("'{text}': expected BETA1,BETA2 with each in [0, 1), e.g. 0.9,0.999");
+    if parts.len() != 2 {
+        return Err(bad());
+    }
+    let beta = |p: &str| -> Result<f32, String> {
+        match p.trim().parse::<f32>() {
+            Ok(b) if (0.0..1.0).contains(&b) => Ok(b),
+            _ => Err(bad()),
+        }
+    };
+    Ok((beta(parts[0])?, beta(parts[1])?))
+}
+
+/// Training defaults for a spec that is not a preset: SGD, momentum 0.9, lr 0.05, 3 epochs of
+/// batch 32, constant learning rate.
+pub(crate) const CUSTOM_DEFAULTS: spec::Preset = spec::Preset {
+    name: "custom",
+    spec: "",
+    description: "",
+    epochs: 3,
+    batch_size: 32,
+    lr: 0.05,
+    momentum: 0.9,
+    lr_decay: 1.0,
+    standardize: false,
+    optimizer: OptimizerKind::Sgd,
+    betas: (0.9, 0.999),
+    weight_decay: 0.0,
+    schedule: ScheduleKind::Step,
+    warmup: Warmup::None,
+};
+
+/// The training settings of `args`, each missing one taken from `defaults` (a preset's or a
+/// checkpoint's).
+pub(crate) fn train_config(
+    args: &ModelArgs,
+    schedule: &ScheduleArgs,
+    epochs: usize,
+    defaults: &spec::Preset,
+    seed: u64,
+    eps: f32,
+) -> Result<TrainConfig> {
+    let sched = schedule;
+    let lr_decay = sched.lr_decay.unwrap_or(defaults.lr_decay);
+    let schedule = match (sched.schedule, sched.lr_decay) {
+        (Some(kind), _) => kind,
+        (None, Some(_)) => ScheduleKind::Step,
+        (None, None) => defaults.schedule,
+    };
+    let (beta1, beta2) = args.betas.unwrap_or(defaults.betas);
+    let config = TrainConfig {
+        epochs,
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        optimizer: Optimizer {
+            kind: args.optimizer.unwrap_or(defaults.optimizer),
+            lr: args.lr.unwrap_or(defaults.lr),
+            momentum: args.momentum.unwrap_or(defaults.momentum),
+            beta1,
+            beta2,
+            eps: args.eps.unwrap_or(eps),
+            weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
+        },
+        schedule: Schedule {
+            kind: schedule,
+            decay: lr_decay,
+            warmup: sched.warmup.unwrap_or(defaults.warmup),
+        },
+        seed: args.seed.unwrap_or(seed),
+    };
+    check_config(&config)?;
+    Ok(config)
+}
 
 /// The network and training settings a `--model` value and the options resolve to.
 pub struct Resolved {
@@ -133,31 +235,29 @@ pub struct Resolved {
     pub standardize: bool,
 }
 
-pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved> {
+pub fn resolve_model(
+    args: &ModelArgs,
+    schedule: &ScheduleArgs,
+    epochs: Option<usize>,
+) -> Result<Resolved> {
     let model = args.model.as_deref().unwrap_or("default");
     let looks_like_spec =
         model.contains('-') || model.starts_with("conv") || model.starts_with("dense");
     let (name, spec_text, defaults) = match spec::preset(model) {
-        Ok(p) => (
-            p.name.to_string(),
-            p.spec.to_string(),
-            (p.epochs, p.batch_size, p.lr, p.momentum, p.lr_decay),
-        ),
+        Ok(p) => (p.name.to_string(), p.spec.to_string(), *p),
         Err(_) if looks_like_spec => ("custom".to_string(), model.to_string(), CUSTOM_DEFAULTS),
         Err(e) => anyhow::bail!(e),
     };
     let spec = NetSpec::parse(&spec_text).map_err(anyhow::Error::msg)?;
-    let config = TrainConfig {
-        epochs: epochs.unwrap_or(defaults.0),
-        batch_size: args.batch_size.unwrap_or(defaults.1),
-        sgd: Sgd {
-            lr: args.lr.unwrap_or(defaults.2),
-            momentum: args.momentum.unwrap_or(defaults.3),
-        },
-        lr_decay: args.lr_decay.unwrap_or(defaults.4),
-        seed: args.seed.unwrap_or(1),
-    };
-    check_config(&config)?;
+    let epochs = epochs.unwrap_or(defaults.epochs);
+    let config = train_config(
+        args,
+        schedule,
+        epochs,
+        &defaults,
+        1,
+        Optimizer::default().eps,
+    )?;
     let standardize = spec::preset(model).is_ok_and(|p| p.standardize);
     Ok(Resolved {
         name,
@@ -168,21 +268,45 @@ pub fn resolve_model(args: &ModelArgs, epochs: Option<usize>) -> Result<Resolved
 }
 
 pub(crate) fn check_config(config: &TrainConfig) -> Result<()> {
+    let o = &config.optimizer;
     anyhow::ensure!(config.batch_size >= 1, "--batch-size must be at least 1");
     anyhow::ensure!(
-        config.sgd.lr.is_finite() && config.sgd.lr > 0.0,
+        o.lr.is_finite() && o.lr > 0.0,
         "--lr must be a positive number, not {}",
-        config.sgd.lr
+        o.lr
     );
     anyhow::ensure!(
-        (0.0..1.0).contains(&config.sgd.momentum),
+        (0.0..1.0).contains(&o.momentum),
         "--momentum must be in [0, 1), not {}",
-        config.sgd.momentum
+        o.momentum
     );
     anyhow::ensure!(
-        config.lr_decay > 0.0 && config.lr_decay <= 1.0,
+        (0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2),
+        "--betas must each be in [0, 1), not {},{}",
+        o.beta1,
+        o.beta2
+    );
+    anyhow::ensure!(
+        o.eps.is_finite() && o.eps > 0.0,
+        "--eps must be a positive number, not {}",
+        o.eps
+    );
+    anyhow::ensure!(
+        o.weight_decay.is_finite() && o.weight_decay >= 0.0,
+        "--weight-decay must be 0 or more, not {}",
+        o.weight_decay
+    );
+    anyhow::ensure!(
+        o.kind != OptimizerKind::AdamW || o.lr * o.weight_decay < 1.0,
+        "--weight-decay {} with --lr {} would shrink the weights by {} each step (AdamW multiplies them by 1 - lr x weight decay); use a smaller decay",
+        o.weight_decay,
+        o.lr,
+        o.lr * o.weight_decay
+    );
+    anyhow::ensure!(
+        config.schedule.decay > 0.0 && config.schedule.decay <= 1.0,
         "--lr-decay must be in (0, 1], not {}",
-        config.lr_decay
+        config.schedule.decay
     );
     Ok(())
 }
@@ -274,15 +398,22 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Presets => {
             for p in PRESETS {
                 println!("{:<13} {}", p.name, p.description);
+                let optimizer = match p.optimizer {
+                    OptimizerKind::Sgd => format!("sgd, momentum {}", p.momentum),
+                    kind => format!("{kind}, betas {},{}", p.betas.0, p.betas.1),
+                };
+                let schedule = match p.schedule {
+                    ScheduleKind::Step if p.lr_decay == 1.0 => "constant".to_string(),
+                    ScheduleKind::Step => format!("lr decay {}", p.lr_decay),
+                    kind => kind.to_string(),
+                };
                 println!(
-                    "{:<13} spec {}  (epochs {}, batch size {}, lr {}, lr decay {}, momentum {}, normalize {})",
+                    "{:<13} spec {}  (epochs {}, batch size {}, {optimizer}, lr {}, {schedule}, normalize {})",
                     "",
                     p.spec,
                     p.epochs,
                     p.batch_size,
                     p.lr,
-                    p.lr_decay,
-                    p.momentum,
                     if p.standardize { "standard" } else { "unit" }
                 );
             }

@@ -6,19 +6,21 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::{
-    check_config, load_data, make_executor, mnist_network, normalization, preset_normalization,
-    resolve_model, DataArgs, DeviceArgs, ModelArgs, MNIST_INPUT,
+    load_data, make_executor, mnist_network, normalization, preset_normalization, resolve_model,
+    train_config, DataArgs, DeviceArgs, ModelArgs, ScheduleArgs, CUSTOM_DEFAULTS, MNIST_INPUT,
 };
-use crate::checkpoint::{self, CheckpointInfo};
-use crate::exec::{Executor, Sgd};
+use crate::checkpoint::{self, CheckpointInfo, OptimizerState};
+use crate::exec::{Executor, Optimizer, OptimizerKind};
 use crate::plot;
 use crate::spec::{self, NetSpec};
-use crate::train::{self, TrainConfig};
+use crate::train;
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
     /// Epochs to reach, counting those of --resume [default: the preset's; with --resume, one more].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -26,17 +28,23 @@ pub struct TrainArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Write the weights (PyTorch names and layouts), momentum, spec, seed and epoch as safetensors
-    /// after every epoch; the write is atomic.
+    /// Write the weights (PyTorch names and layouts), the optimizer's state, spec, seed, epoch and
+    /// training settings as safetensors after every epoch; the write is atomic.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
-    /// Continue training from a checkpoint written by --save (weights and momentum).
+    /// Stop after this epoch, although the run (and its learning-rate schedule) is planned for
+    /// --epochs: continue it later with --resume.
+    #[arg(long, value_name = "EPOCH")]
+    pub stop_after: Option<usize>,
+    /// Continue training from a checkpoint written by --save (weights, optimizer state, schedule):
+    /// the run goes on as if it had not stopped.
     #[arg(long, value_name = "FILE")]
     pub resume: Option<PathBuf>,
     /// Draw train and test loss and accuracy per epoch into this PNG (redrawn after every epoch).
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
-    /// Append one JSON object per epoch to this file (epoch, losses, accuracies, seconds, images/s, device).
+    /// Append one JSON object per epoch to this file (epoch, losses, accuracies, seconds, images/s,
+    /// the learning rate of the epoch's last step, device).
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<PathBuf>,
     /// Print only the final summary.
@@ -73,9 +81,10 @@ impl train::Observer for Reporter<'_> {
         });
         bar.set_position(p.step as u64);
         bar.set_message(format!(
-            "loss {:.4} acc {:.2}%  {:.0} img/s",
+            "loss {:.4} acc {:.2}%  lr {:.3e}  {:.0} img/s",
             p.so_far.mean_loss(),
             100.0 * p.so_far.accuracy(),
+            p.lr,
             p.so_far.count as f64 / p.seconds.max(1e-9)
         ));
     }
@@ -96,6 +105,7 @@ impl train::Observer for Reporter<'_> {
                 "test_accuracy": r.test.accuracy(),
                 "seconds": r.seconds,
                 "images_per_second": r.images_per_second,
+                "lr": r.lr,
                 "device": self.device,
                 "model": self.model,
             });
@@ -110,13 +120,19 @@ impl train::Observer for Reporter<'_> {
         }
         if let Some(path) = &self.args.save {
             let params = exec.parameters()?;
-            let momentum = exec.momentum()?;
+            let state = OptimizerState {
+                first: exec.momentum()?,
+                second: match self.info.optimizer.kind {
+                    OptimizerKind::Sgd => None,
+                    _ => Some(exec.second_moment()?),
+                },
+            };
             let info = CheckpointInfo {
                 epoch: r.epoch,
                 step: r.epoch as u64 * self.steps_per_epoch,
                 ..self.info.clone()
             };
-            checkpoint::save(path, exec.network(), &params, Some(&momentum), &info)?;
+            checkpoint::save(path, exec.network(), &params, Some(&state), &info)?;
         }
         self.history.push(*r);
         if let Some(path) = &self.args.plot {
@@ -138,7 +154,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .as_ref()
         .map(|path| checkpoint::load(path, input, None))
         .transpose()?;
-    let (name, spec, config, norm, first_epoch, params, momentum) = match resumed {
+    let (name, spec, config, norm, first_epoch, params, state) = match resumed {
         Some(ck) => {
             if let Some(model) = &args.model.model {
                 let wanted = match spec::preset(model) {
@@ -153,17 +169,34 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 );
             }
             let i = &ck.info;
-            let config = TrainConfig {
-                epochs: args.epochs.unwrap_or(i.epoch + 1),
-                batch_size: args.model.batch_size.unwrap_or(i.batch_size),
-                sgd: Sgd {
-                    lr: args.model.lr.unwrap_or(i.lr),
-                    momentum: args.model.momentum.unwrap_or(i.momentum),
+            // The checkpoint's settings are the defaults; the run's planned length too, so that
+            // a schedule goes on as it would have (one more epoch when the plan is done).
+            let defaults = spec::Preset {
+                epochs: if i.epochs > i.epoch {
+                    i.epochs
+                } else {
+                    i.epoch + 1
                 },
-                lr_decay: args.model.lr_decay.unwrap_or(i.lr_decay),
-                seed: args.model.seed.unwrap_or(i.seed),
+                batch_size: i.batch_size,
+                lr: i.optimizer.lr,
+                momentum: i.optimizer.momentum,
+                lr_decay: i.schedule.decay,
+                optimizer: i.optimizer.kind,
+                betas: (i.optimizer.beta1, i.optimizer.beta2),
+                weight_decay: i.optimizer.weight_decay,
+                schedule: i.schedule.kind,
+                warmup: i.schedule.warmup,
+                ..CUSTOM_DEFAULTS
             };
-            check_config(&config)?;
+            let epochs = args.epochs.unwrap_or(defaults.epochs);
+            let config = train_config(
+                &args.model,
+                &args.schedule,
+                epochs,
+                &defaults,
+                i.seed,
+                i.optimizer.eps,
+            )?;
             let norm = args
                 .data
                 .normalize
@@ -176,11 +209,15 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 norm,
                 i.epoch + 1,
                 ck.params,
-                ck.momentum,
+                // Adam and AdamW share their state; SGD's momentum is not Adam's moments
+                ck.state.filter(|_| {
+                    (i.optimizer.kind == OptimizerKind::Sgd)
+                        == (config.optimizer.kind == OptimizerKind::Sgd)
+                }),
             )
         }
         None => {
-            let r = resolve_model(&args.model, args.epochs)?;
+            let r = resolve_model(&args.model, &args.schedule, args.epochs)?;
             let net = mnist_network(&r.spec)?;
             let params = net.init_params(r.config.seed);
             (
@@ -212,14 +249,25 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         test_set.len(),
         args.data.data.display()
     ));
-    let decay = if c.lr_decay == 1.0 {
-        String::new()
-    } else {
-        format!(" (x{} per epoch)", c.lr_decay)
-    };
+    let last_epoch = args.stop_after.unwrap_or(c.epochs).min(c.epochs);
+    anyhow::ensure!(
+        last_epoch >= first_epoch || first_epoch > c.epochs,
+        "--stop-after {last_epoch}: the run is already past epoch {last_epoch} (it resumes at epoch {first_epoch})"
+    );
+    let steps_per_epoch = train_set.len().div_ceil(c.batch_size);
+    let total_steps = (steps_per_epoch * c.epochs) as u64;
     say(format!(
-        "training: epochs {first_epoch}..={}, batch size {}, lr {}{decay}, momentum {}, seed {}",
-        c.epochs, c.batch_size, c.sgd.lr, c.sgd.momentum, c.seed
+        "training: epochs {first_epoch}..={}{}, batch size {}, {}, lr schedule {}, seed {}",
+        c.epochs,
+        if last_epoch < c.epochs {
+            format!(" (stopping after {last_epoch})")
+        } else {
+            String::new()
+        },
+        c.batch_size,
+        describe_optimizer(&c.optimizer),
+        c.schedule.describe(total_steps),
+        c.seed
     ));
     if first_epoch > c.epochs {
         println!("nothing to do: the checkpoint has already trained {} epochs (ask for more with --epochs)", first_epoch - 1);
@@ -236,8 +284,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         c.seed,
         c.batch_size,
     )?;
-    if let Some(m) = &momentum {
-        exec.set_momentum(m)?;
+    if let Some(state) = &state {
+        exec.set_momentum(&state.first)?;
+        if let Some(second) = &state.second {
+            exec.set_second_moment(second)?;
+        }
     }
     let device = exec.device();
     say(format!("device: {device}"));
@@ -253,7 +304,6 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         ),
         None => None,
     };
-    let steps_per_epoch = train_len.div_ceil(c.batch_size);
     let mut reporter = Reporter {
         args,
         epochs: c.epochs,
@@ -266,11 +316,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             spec: spec.clone(),
             seed: c.seed,
             epoch: 0,
+            epochs: c.epochs,
             step: 0,
             batch_size: c.batch_size,
-            lr: c.sgd.lr,
-            momentum: c.sgd.momentum,
-            lr_decay: c.lr_decay,
+            optimizer: c.optimizer,
+            schedule: c.schedule,
             normalization: norm,
         },
         steps_per_epoch: steps_per_epoch as u64,
@@ -286,6 +336,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         &c,
         train_len,
         first_epoch,
+        last_epoch,
         progress_every,
         &mut reporter,
     )?;
@@ -305,4 +356,23 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         say(format!("plotted {}", path.display()));
     }
     Ok(())
+}
+
+/// For the training header: e.g. "optimizer adam (lr 0.01, betas 0.7,0.9, eps 1e-8)".
+fn describe_optimizer(o: &Optimizer) -> String {
+    let decay = if o.weight_decay != 0.0 {
+        format!(", weight decay {}", o.weight_decay)
+    } else {
+        String::new()
+    };
+    match o.kind {
+        OptimizerKind::Sgd => format!(
+            "optimizer sgd (lr {}, momentum {}{decay})",
+            o.lr, o.momentum
+        ),
+        kind => format!(
+            "optimizer {kind} (lr {}, betas {},{}, eps {:e}{decay})",
+            o.lr, o.beta1, o.beta2, o.eps
+        ),
+    }
 }

@@ -12,8 +12,10 @@ use crate::network::Network;
 pub struct HostState {
     pub net: Network,
     pub params: Vec<Vec<f32>>,
-    /// SGD momentum buffers, one per parameter.
+    /// The optimizer's first state buffer per parameter: SGD's velocity, Adam's first moment.
     pub velocity: Vec<Vec<f32>>,
+    /// Adam's second moment per parameter (unused by SGD).
+    pub second: Vec<Vec<f32>>,
     pub train: Dataset,
     pub test: Dataset,
     pub norm: Normalization,
@@ -34,10 +36,11 @@ impl HostState {
         norm: Normalization,
         seed: u64,
     ) -> Self {
-        let velocity = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let velocity: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
         HostState {
             net,
             params,
+            second: velocity.clone(),
             velocity,
             train,
             test,
@@ -54,12 +57,21 @@ impl HostState {
             mine.copy_from_slice(p);
         }
         self.velocity.iter_mut().for_each(|v| v.fill(0.0));
+        self.second.iter_mut().for_each(|v| v.fill(0.0));
         Ok(())
     }
 
     pub fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
         check_tensors(&self.net, "momentum", momentum)?;
         for (v, m) in self.velocity.iter_mut().zip(momentum) {
+            v.copy_from_slice(m);
+        }
+        Ok(())
+    }
+
+    pub fn set_second_moment(&mut self, second: &[Vec<f32>]) -> Result<()> {
+        check_tensors(&self.net, "second moment", second)?;
+        for (v, m) in self.second.iter_mut().zip(second) {
             v.copy_from_slice(m);
         }
         Ok(())
@@ -107,6 +119,12 @@ macro_rules! delegate_to_host {
         }
         fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> anyhow::Result<()> {
             self.host.set_momentum(momentum)
+        }
+        fn second_moment(&mut self) -> anyhow::Result<Vec<Vec<f32>>> {
+            Ok(self.host.second.clone())
+        }
+        fn set_second_moment(&mut self, second: &[Vec<f32>]) -> anyhow::Result<()> {
+            self.host.set_second_moment(second)
         }
         fn begin_epoch(&mut self, order: &[u32]) -> anyhow::Result<()> {
             self.host.begin_epoch(order);

@@ -40,11 +40,122 @@ impl Metrics {
     }
 }
 
-/// Hyper-parameters of one SGD step.
+/// The update rule: PyTorch's `torch.optim.SGD` (with momentum), `Adam` or `AdamW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OptimizerKind {
+    #[default]
+    Sgd,
+    Adam,
+    #[value(name = "adamw")]
+    AdamW,
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
+        })
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::AdamW),
+            other => Err(format!("'{other}': expected sgd, adam or adamw")),
+        }
+    }
+}
+
+/// The optimizer's hyper-parameters for one step (the learning rate already scheduled).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sgd {
+pub struct Optimizer {
+    pub kind: OptimizerKind,
     pub lr: f32,
+    /// SGD's momentum.
     pub momentum: f32,
+    /// Adam's `betas` and `eps`.
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// L2 penalty (SGD, Adam) or decoupled decay (AdamW); 0 for none.
+    pub weight_decay: f32,
+}
+
+impl Optimizer {
+    /// SGD with momentum, no weight decay.
+    pub fn sgd(lr: f32, momentum: f32) -> Optimizer {
+        Optimizer {
+            kind: OptimizerKind::Sgd,
+            lr,
+            momentum,
+            ..Optimizer::default()
+        }
+    }
+
+    /// The same optimizer with another learning rate.
+    pub fn with_lr(self, lr: f32) -> Optimizer {
+        Optimizer { lr, ..self }
+    }
+
+    /// Apply step `t` (1-based: the number of updates so far, this one included) to one
+    /// parameter tensor, with its two state buffers (SGD uses the first: the velocity; Adam both:
+    /// the first and second moments). The reference and the fast CPU executor both call this.
+    pub fn update(
+        &self,
+        t: u64,
+        param: &mut [f32],
+        grad: &[f32],
+        first: &mut [f32],
+        second: &mut [f32],
+    ) {
+        match self.kind {
+            OptimizerKind::Sgd => crate::ops::sgd_update(
+                self.lr,
+                self.momentum,
+                self.weight_decay,
+                param,
+                grad,
+                first,
+            ),
+            OptimizerKind::Adam | OptimizerKind::AdamW => {
+                crate::ops::adam_update(&self.adam_step(t), param, grad, first, second)
+            }
+        }
+    }
+
+    /// The scalars of Adam step `t`.
+    pub fn adam_step(&self, t: u64) -> crate::ops::AdamStep {
+        crate::ops::AdamStep::new(
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+            self.kind == OptimizerKind::AdamW,
+            t,
+        )
+    }
+}
+
+impl Default for Optimizer {
+    /// PyTorch's defaults: SGD without momentum at lr 0.01; Adam's betas (0.9, 0.999), eps 1e-8.
+    fn default() -> Self {
+        Optimizer {
+            kind: OptimizerKind::Sgd,
+            lr: 0.01,
+            momentum: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
 }
 
 /// The loss of a training step was not finite; `step` is the global step number (0-based).
@@ -75,17 +186,24 @@ pub trait Executor {
     fn network(&self) -> &Network;
 
     /// Replace the parameters (PyTorch layouts, in [`Network::params`] order) and zero the
-    /// optimizer's momentum.
+    /// optimizer's state.
     fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()>;
 
     /// Read the parameters back.
     fn parameters(&mut self) -> Result<Vec<Vec<f32>>>;
 
-    /// The SGD momentum buffers, in parameter order (what `--resume` restores).
+    /// The optimizer's first state buffers, in parameter order: SGD's momentum (velocity), or
+    /// Adam's first moment (`exp_avg`). What `--resume` restores, with [`Executor::second_moment`].
     fn momentum(&mut self) -> Result<Vec<Vec<f32>>>;
 
-    /// Replace the SGD momentum buffers.
+    /// Replace the first state buffers.
     fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()>;
+
+    /// Adam's second moment (`exp_avg_sq`), in parameter order (zeros under SGD).
+    fn second_moment(&mut self) -> Result<Vec<Vec<f32>>>;
+
+    /// Replace the second moment buffers.
+    fn set_second_moment(&mut self, second: &[Vec<f32>]) -> Result<()>;
 
     /// The logits of every test image, `[test images, classes]` row by row, dropout off.
     fn test_logits(&mut self) -> Result<Vec<f32>>;
@@ -93,11 +211,12 @@ pub trait Executor {
     /// The order in which training images are visited this epoch (indices into the training set).
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()>;
 
-    /// One SGD step on the images `order[start..start + len]`. `step` counts steps from the start
-    /// of training; it seeds dropout masks. An executor may run steps asynchronously: a loss that
-    /// is not finite is reported as [`Diverged`] from this call or from the next
-    /// [`Executor::take_train_metrics`], naming the step where it happened.
-    fn train_step(&mut self, start: usize, len: usize, step: u32, sgd: Sgd) -> Result<()>;
+    /// One optimizer step on the images `order[start..start + len]`. `step` counts steps from the
+    /// start of training (0-based); it seeds dropout masks, and `step + 1` is Adam's step count.
+    /// An executor may run steps asynchronously: a loss that is not finite is reported as
+    /// [`Diverged`] from this call or from the next [`Executor::take_train_metrics`], naming the
+    /// step where it happened.
+    fn train_step(&mut self, start: usize, len: usize, step: u32, opt: Optimizer) -> Result<()>;
 
     /// Training loss and accuracy accumulated since the last call; resets them.
     fn take_train_metrics(&mut self) -> Result<Metrics>;

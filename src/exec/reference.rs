@@ -6,7 +6,7 @@ use anyhow::Result;
 use num_traits::Float;
 
 use super::host::{delegate_to_host, HostState};
-use super::{Diverged, Executor, Metrics, Sgd};
+use super::{Diverged, Executor, Metrics, Optimizer};
 use crate::data::{Dataset, Normalization, Split};
 use crate::network::{dropout_seed, Network};
 use crate::ops::{self as r, gather_batch, loss_backward, loss_forward};
@@ -193,7 +193,7 @@ impl Executor for CpuReference {
         Ok(logits)
     }
 
-    fn train_step(&mut self, start: usize, len: usize, step: u32, sgd: Sgd) -> Result<()> {
+    fn train_step(&mut self, start: usize, len: usize, step: u32, opt: Optimizer) -> Result<()> {
         let h = &self.host;
         let (images, labels) = gather_batch(&h.train, &h.order[start..start + len], h.norm);
         let (loss, correct, grads) = self.forward_backward(images, &labels, step);
@@ -201,8 +201,9 @@ impl Executor for CpuReference {
             return Err(Diverged { step, loss }.into());
         }
         let h = &mut self.host;
-        for ((p, g), v) in h.params.iter_mut().zip(&grads).zip(&mut h.velocity) {
-            r::sgd_update(sgd.lr, sgd.momentum, p, g, v);
+        let params = h.params.iter_mut().zip(&grads);
+        for ((p, g), (m, v)) in params.zip(h.velocity.iter_mut().zip(&mut h.second)) {
+            opt.update(step as u64 + 1, p, g, m, v);
         }
         h.add_step(loss, correct, len);
         Ok(())

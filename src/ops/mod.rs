@@ -14,6 +14,7 @@
 //! | losses and accuracy | [`loss`] | `shaders/loss.wgsl` | `tests/ops/loss.rs` |
 //! | batch gathering | [`batch`] | `shaders/batch.wgsl` | `tests/ops/batch.rs` |
 //! | SGD with momentum | [`sgd`] | `shaders/sgd.wgsl` | `tests/ops/sgd.rs` |
+//! | Adam, AdamW | [`adam`] | `shaders/adam.wgsl` | `tests/ops/adam.rs` |
 //!
 //! Conventions, shared with `shaders/`:
 //! - Tensors are flat slices in NCHW order: `x[((n * C + c) * H + h) * W + w]`.
@@ -28,6 +29,7 @@
 use num_traits::Float;
 
 pub mod activation;
+pub mod adam;
 pub mod batch;
 pub mod conv2d;
 pub mod dense;
@@ -37,6 +39,7 @@ pub mod pool;
 pub mod sgd;
 
 pub use activation::*;
+pub use adam::*;
 pub use batch::*;
 pub use conv2d::*;
 pub use dense::*;

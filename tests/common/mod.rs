@@ -48,6 +48,18 @@ impl Fixture {
             .collect()
     }
 
+    pub fn f64(&self, key: &str) -> Vec<f64> {
+        let view = self.view();
+        let t = view
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("fixture has no tensor {key}"));
+        assert_eq!(t.dtype(), Dtype::F64, "{key}");
+        t.data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
     pub fn i64(&self, key: &str) -> Vec<i64> {
         let view = self.view();
         let t = view

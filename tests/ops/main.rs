@@ -11,6 +11,7 @@
 mod common;
 
 mod activation;
+mod adam;
 mod conv2d;
 mod dense;
 mod dropout;

@@ -13,14 +13,14 @@ use wgcnn::data::{Dataset, Normalization, IMAGE_PIXELS};
 fn sgd_and_batch_gathering_match_the_cpu_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(16);
     for (grid, ops) in gpu_ops() {
-        for n in [1, 100, 1000] {
+        for (n, weight_decay) in [(1, 0.0), (100, 0.0), (1000, 0.0), (257, 0.01)] {
             let (mut p, g, mut v) = (
                 random_scaled(&mut rng, n, 1.0),
                 random_scaled(&mut rng, n, 1.0),
                 random_scaled(&mut rng, n, 1.0),
             );
-            let (p_gpu, v_gpu) = ops.sgd(0.05, 0.9, &p, &g, &v).unwrap();
-            sgd_update(0.05, 0.9, &mut p, &g, &mut v);
+            let (p_gpu, v_gpu) = ops.sgd((0.05, 0.9, weight_decay), &p, &g, &v).unwrap();
+            sgd_update(0.05, 0.9, weight_decay, &mut p, &g, &mut v);
             close_tol(&format!("sgd param n {n} ({grid})"), &p_gpu, &p, LINEAR);
             close_tol(&format!("sgd velocity n {n} ({grid})"), &v_gpu, &v, LINEAR);
         }

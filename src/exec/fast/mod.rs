@@ -25,7 +25,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use super::host::{delegate_to_host, HostState};
-use super::{Diverged, Executor, Metrics, ProfileEntry, Sgd};
+use super::{Diverged, Executor, Metrics, Optimizer, ProfileEntry};
 use crate::data::{Dataset, Normalization, Split};
 use crate::network::{dropout_seed, Network};
 use crate::ops::{self as r, loss_backward_into, loss_forward};
@@ -298,7 +298,7 @@ impl Executor for FastCpu {
         Ok(logits)
     }
 
-    fn train_step(&mut self, start: usize, len: usize, step: u32, sgd: Sgd) -> Result<()> {
+    fn train_step(&mut self, start: usize, len: usize, step: u32, opt: Optimizer) -> Result<()> {
         anyhow::ensure!(
             len >= 1 && len <= self.capacity,
             "a batch of {len}: this executor was built for up to {}",
@@ -333,20 +333,15 @@ impl Executor for FastCpu {
         record(&mut self.profile, 2 * layers + 1, started);
         self.backward(len, step);
         let started = Instant::now();
-        let (lr, momentum) = (sgd.lr, sgd.momentum);
         // In pieces, so that one large tensor (a dense layer's weight) is shared by all cores.
         const PIECE: usize = 1 << 14;
-        for ((p, g), v) in self
-            .host
-            .params
-            .iter_mut()
-            .zip(&self.grads)
-            .zip(&mut self.host.velocity)
-        {
+        let h = &mut self.host;
+        let params = h.params.iter_mut().zip(&self.grads);
+        for ((p, g), (m, v)) in params.zip(h.velocity.iter_mut().zip(&mut h.second)) {
             p.par_chunks_mut(PIECE)
                 .zip(g.par_chunks(PIECE))
-                .zip(v.par_chunks_mut(PIECE))
-                .for_each(|((p, g), v)| r::sgd_update(lr, momentum, p, g, v));
+                .zip(m.par_chunks_mut(PIECE).zip(v.par_chunks_mut(PIECE)))
+                .for_each(|((p, g), (m, v))| opt.update(step as u64 + 1, p, g, m, v));
         }
         record(&mut self.profile, 2 * layers + 2, started);
         self.host.add_step(loss, correct, len);

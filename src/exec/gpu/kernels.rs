@@ -163,6 +163,13 @@ pub const SHADERS: &[ShaderFile] = &[
         subgroups: false,
     },
     ShaderFile {
+        name: "adam",
+        source: include_str!("../../../shaders/adam.wgsl"),
+        bindings: &[Constants, Constants, ReadWrite, Read, ReadWrite, ReadWrite],
+        entry_points: &["adam_update"],
+        subgroups: false,
+    },
+    ShaderFile {
         name: "sgd",
         source: include_str!("../../../shaders/sgd.wgsl"),
         bindings: &[Constants, ReadWrite, Read, ReadWrite],
@@ -438,8 +445,34 @@ pub fn loss_dims(classes: usize, loss: crate::spec::Loss) -> Vec<u32> {
     vec![classes as u32, kind, 0, 0]
 }
 
-pub fn sgd_dims(len: usize, lr: f32, momentum: f32) -> Vec<u32> {
-    vec![len as u32, lr.to_bits(), momentum.to_bits(), 0]
+pub fn sgd_dims(len: usize, lr: f32, momentum: f32, weight_decay: f32) -> Vec<u32> {
+    vec![
+        len as u32,
+        lr.to_bits(),
+        momentum.to_bits(),
+        weight_decay.to_bits(),
+    ]
+}
+
+pub fn adam_dims(len: usize) -> Vec<u32> {
+    vec![len as u32, 0, 0, 0]
+}
+
+/// The shared per-step words of `adam.wgsl` (its `AdamStep`).
+pub fn adam_step_words(s: &crate::ops::AdamStep) -> Vec<u32> {
+    [
+        s.decay,
+        s.l2,
+        s.one_minus_beta1,
+        s.beta2,
+        s.one_minus_beta2,
+        s.eps,
+        s.step_size,
+        s.bias_correction2_sqrt,
+    ]
+    .iter()
+    .map(|v| v.to_bits())
+    .collect()
 }
 
 pub fn batch_dims(pixels: usize, sequential: bool, mean: f32, std: f32) -> Vec<u32> {

@@ -22,7 +22,9 @@ pub use context::{AdapterChoice, Gpu};
 pub use kernels::Kernels;
 
 use crate::data::{Dataset, Normalization, Split, IMAGE_PIXELS};
-use crate::exec::{check_tensors, Diverged, Executor, Metrics, ProfileEntry, Sgd};
+use crate::exec::{
+    check_tensors, Diverged, Executor, Metrics, Optimizer, OptimizerKind, ProfileEntry,
+};
 use crate::network::Network;
 use crate::spec::Layer;
 use kernels::METRICS_WORDS;
@@ -50,6 +52,7 @@ struct Timer {
 
 /// A dispatch of the training or evaluation plan, with its pipeline and the bind group it runs
 /// with.
+#[derive(Clone)]
 struct Planned {
     dispatch: plan::Dispatch,
     pipeline: Arc<wgpu::ComputePipeline>,
@@ -67,9 +70,19 @@ pub struct GpuExecutor {
     step_words: wgpu::Buffer,
     order: wgpu::Buffer,
     params: Vec<wgpu::Buffer>,
+    /// The optimizer's state: SGD's velocity or Adam's first moment, and Adam's second moment.
     velocity: Vec<wgpu::Buffer>,
+    second: Vec<wgpu::Buffer>,
     sgd_constants: Vec<wgpu::Buffer>,
-    sgd: Option<Sgd>,
+    /// Adam's per-step scalars, shared by every parameter's update.
+    adam_step: wgpu::Buffer,
+    /// The optimizer the SGD constants were last written for.
+    sgd: Option<Optimizer>,
+    /// The optimizer dispatches of a training step for SGD and for Adam(W) (one per parameter
+    /// either way); the current one ends `train_plan`.
+    optimizer_plans: [Vec<Planned>; 2],
+    /// Whether `train_plan` ends with the Adam dispatches.
+    adam_planned: bool,
     train_metrics: wgpu::Buffer,
     eval_metrics: wgpu::Buffer,
     logits: wgpu::Buffer,
@@ -200,6 +213,12 @@ impl GpuExecutor {
             .iter()
             .map(|info| g.storage(&format!("grad {}", info.name), 4 * info.len() as u64))
             .collect();
+        let second: Vec<wgpu::Buffer> = net
+            .params
+            .iter()
+            .map(|info| g.storage(&format!("exp_avg_sq {}", info.name), 4 * info.len() as u64))
+            .collect();
+        let adam_step = g.constants("adam step", &[0; 8]);
         let velocity: Vec<wgpu::Buffer> = net
             .params
             .iter()
@@ -211,7 +230,7 @@ impl GpuExecutor {
             .map(|info| {
                 g.constants(
                     &format!("sgd {}", info.name),
-                    &kernels::sgd_dims(info.len(), 0.0, 0.0),
+                    &kernels::sgd_dims(info.len(), 0.0, 0.0, 0.0),
                 )
             })
             .collect();
@@ -341,8 +360,12 @@ impl GpuExecutor {
         for back in backward.into_iter().rev() {
             train_plan.extend(back);
         }
+        // The optimizer's dispatches, for SGD and for Adam; `train_step` puts the one it is
+        // asked for at the end of the training plan.
+        let mut sgd_plan = Vec::new();
+        let mut adam_plan = Vec::new();
         for (p, info) in net.params.iter().enumerate() {
-            let sgd = plan::sgd(info.len(), 0.0, 0.0);
+            let sgd = plan::sgd(info.len(), 0.0, 0.0, 0.0);
             let label = format!("sgd {}", info.name);
             let bg = k.bind(
                 g,
@@ -356,8 +379,22 @@ impl GpuExecutor {
                 ],
             );
             bind_groups.push(bg);
-            train_plan.extend(planned(&sgd, &sgd.forward, bind_groups.len() - 1)?);
+            sgd_plan.extend(planned(&sgd, &sgd.forward, bind_groups.len() - 1)?);
+            let adam = plan::adam(info.len());
+            let label = format!("adam {}", info.name);
+            let dims = g.constants(&format!("{label} dims"), &adam.dims);
+            let buffers = [
+                &dims,
+                &adam_step,
+                &param_buffers[p],
+                &grad_buffers[p],
+                &velocity[p],
+                &second[p],
+            ];
+            bind_groups.push(k.bind(g, "adam", &label, &buffers));
+            adam_plan.extend(planned(&adam, &adam.forward, bind_groups.len() - 1)?);
         }
+        train_plan.extend(sgd_plan.iter().cloned());
         // The tiled kernels take their grid as it is (no 2-D flattening): it must fit the device.
         let max_groups = g.limits.max_compute_workgroups_per_dimension;
         for (plan, batch) in [(&train_plan, batch_size), (&eval_plan, eval_batch)] {
@@ -386,8 +423,12 @@ impl GpuExecutor {
             order,
             params: param_buffers,
             velocity,
+            second,
             sgd_constants,
+            adam_step,
             sgd: None,
+            optimizer_plans: [sgd_plan, adam_plan],
+            adam_planned: false,
             train_metrics,
             eval_metrics,
             logits: acts.last().unwrap().clone(),
@@ -573,19 +614,19 @@ impl Executor for GpuExecutor {
 
     fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
         check_tensors(&self.net, "parameter", params)?;
-        for ((info, p), (buffer, velocity)) in self
-            .net
-            .params
-            .iter()
-            .zip(params)
-            .zip(self.params.iter().zip(&self.velocity))
-        {
+        for ((info, p), (buffer, velocity)) in self.net.params.iter().zip(params).zip(
+            self.params
+                .iter()
+                .zip(self.velocity.iter().zip(&self.second)),
+        ) {
             self.gpu
                 .queue
                 .write_buffer(buffer, 0, bytemuck::cast_slice(p));
-            self.gpu
-                .queue
-                .write_buffer(velocity, 0, &vec![0u8; 4 * info.len()]);
+            for state in [velocity.0, velocity.1] {
+                self.gpu
+                    .queue
+                    .write_buffer(state, 0, &vec![0u8; 4 * info.len()]);
+            }
         }
         self.gpu.check("uploading parameters")
     }
@@ -606,6 +647,20 @@ impl Executor for GpuExecutor {
                 .write_buffer(buffer, 0, bytemuck::cast_slice(m));
         }
         self.gpu.check("uploading the momentum")
+    }
+
+    fn second_moment(&mut self) -> Result<Vec<Vec<f32>>> {
+        self.read_per_parameter(&self.second, "reading the second moment back")
+    }
+
+    fn set_second_moment(&mut self, second: &[Vec<f32>]) -> Result<()> {
+        check_tensors(&self.net, "second moment", second)?;
+        for (m, buffer) in second.iter().zip(&self.second) {
+            self.gpu
+                .queue
+                .write_buffer(buffer, 0, bytemuck::cast_slice(m));
+        }
+        self.gpu.check("uploading the second moment")
     }
 
     fn test_logits(&mut self) -> Result<Vec<f32>> {
@@ -644,18 +699,36 @@ impl Executor for GpuExecutor {
         self.gpu.check("uploading the epoch order")
     }
 
-    fn train_step(&mut self, start: usize, len: usize, step: u32, sgd: Sgd) -> Result<()> {
+    fn train_step(&mut self, start: usize, len: usize, step: u32, opt: Optimizer) -> Result<()> {
         if len == 0 || len > self.batch_capacity || start + len > self.train_len {
             bail!("training step of {len} images at {start}: the executor was built for batches of up to {} from {} images", self.batch_capacity, self.train_len);
         }
-        if self.sgd != Some(sgd) {
+        let adam = opt.kind != OptimizerKind::Sgd;
+        if adam != self.adam_planned {
+            let tail = &self.optimizer_plans[adam as usize];
+            let base = self.train_plan.len() - tail.len();
+            self.train_plan.truncate(base);
+            self.train_plan.extend(tail.iter().cloned());
+            if let Some(profile) = &mut self.profile {
+                for (entry, d) in profile.entries[base..].iter_mut().zip(tail) {
+                    entry.name = d.dispatch.entry.to_string();
+                }
+            }
+            self.adam_planned = adam;
+        }
+        if adam {
+            let words = kernels::adam_step_words(&opt.adam_step(step as u64 + 1));
+            self.gpu
+                .queue
+                .write_buffer(&self.adam_step, 0, bytemuck::cast_slice(&words));
+        } else if self.sgd != Some(opt) {
             for (u, info) in self.sgd_constants.iter().zip(&self.net.params) {
-                let words = kernels::sgd_dims(info.len(), sgd.lr, sgd.momentum);
+                let words = kernels::sgd_dims(info.len(), opt.lr, opt.momentum, opt.weight_decay);
                 self.gpu
                     .queue
                     .write_buffer(u, 0, bytemuck::cast_slice(&words));
             }
-            self.sgd = Some(sgd);
+            self.sgd = Some(opt);
         }
         self.submit_plan(true, len, step, start, &format!("training step {step}"))
     }

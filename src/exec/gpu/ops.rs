@@ -317,8 +317,7 @@ impl Ops<'_> {
     /// One SGD step: returns (param, velocity) after it.
     pub fn sgd(
         &self,
-        lr: f32,
-        momentum: f32,
+        (lr, momentum, weight_decay): (f32, f32, f32),
         param: &[f32],
         grad: &[f32],
         velocity: &[f32],
@@ -328,11 +327,34 @@ impl Ops<'_> {
         let b_param = g.storage_init("param", bytes(param));
         let b_grad = g.storage_init("grad", bytes(grad));
         let b_velocity = g.storage_init("velocity", bytes(velocity));
-        let op = plan::sgd(n, lr, momentum);
+        let op = plan::sgd(n, lr, momentum, weight_decay);
         self.run(&op, 1, &[&b_param, &b_grad, &b_velocity])?;
         let mut out = g.read_f32(&[(&b_param, n), (&b_velocity, n)], "sgd op")?;
         let velocity = out.pop().unwrap();
         Ok((out.pop().unwrap(), velocity))
+    }
+
+    /// One Adam or AdamW step: returns (param, exp_avg, exp_avg_sq) after it.
+    pub fn adam(
+        &self,
+        step: &crate::ops::AdamStep,
+        param: &[f32],
+        grad: &[f32],
+        exp_avg: &[f32],
+        exp_avg_sq: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let g = self.gpu;
+        let n = param.len();
+        let b_step = g.constants("adam step", &kernels::adam_step_words(step));
+        let b_param = g.storage_init("param", bytes(param));
+        let b_grad = g.storage_init("grad", bytes(grad));
+        let b_m = g.storage_init("exp_avg", bytes(exp_avg));
+        let b_v = g.storage_init("exp_avg_sq", bytes(exp_avg_sq));
+        self.run(&plan::adam(n), 1, &[&b_step, &b_param, &b_grad, &b_m, &b_v])?;
+        let mut out = g.read_f32(&[(&b_param, n), (&b_m, n), (&b_v, n)], "adam op")?;
+        let v = out.pop().unwrap();
+        let m = out.pop().unwrap();
+        Ok((out.pop().unwrap(), m, v))
     }
 
     /// Gather `batch` images starting at `start` (of `order`, or sequentially) and normalise them.

@@ -768,14 +768,29 @@ pub fn gather_batch(pixels: usize, sequential: bool, norm: Normalization) -> OpP
 }
 
 /// The SGD step of one parameter tensor of `len` values.
-pub fn sgd(len: usize, lr: f32, momentum: f32) -> OpPlan {
+pub fn sgd(len: usize, lr: f32, momentum: f32, weight_decay: f32) -> OpPlan {
     OpPlan {
         file: "sgd",
         constants: Vec::new(),
         scratch: 0,
-        dims: kernels::sgd_dims(len, lr, momentum),
+        dims: kernels::sgd_dims(len, lr, momentum, weight_decay),
         forward: vec![
             dispatch("sgd_update", Size::Threads(len)).cost(fixed(4 * len), fixed(20 * len))
+        ],
+        backward: Vec::new(),
+    }
+}
+
+/// The Adam or AdamW step of one parameter tensor of `len` values (the step's scalars come from
+/// a buffer shared by all parameters).
+pub fn adam(len: usize) -> OpPlan {
+    OpPlan {
+        file: "adam",
+        constants: Vec::new(),
+        scratch: 0,
+        dims: kernels::adam_dims(len),
+        forward: vec![
+            dispatch("adam_update", Size::Threads(len)).cost(fixed(12 * len), fixed(24 * len))
         ],
         backward: Vec::new(),
     }
