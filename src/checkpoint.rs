@@ -196,12 +196,71 @@ fn tensor_f32(
             expected
         );
     }
-    Ok(Some(
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    ))
+    let values: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{}: tensor '{name}' ({what}) holds {} at index {i}; expected finite numbers (a diverged run?)",
+            path.display(),
+            values[i]
+        );
+    }
+    Ok(Some(values))
+}
+
+/// The most epochs a checkpoint may claim: resuming replays one shuffle per past epoch.
+const MAX_EPOCHS: usize = 1_000_000;
+
+/// Every metadata value in its range, the file and the field named otherwise.
+fn check_info(path: &Path, i: &CheckpointInfo) -> Result<()> {
+    let o = &i.optimizer;
+    let bad = |field: &str, value: String, expected: &str| -> Result<()> {
+        bail!(
+            "{}: metadata '{field}' is {value}; expected {expected}",
+            path.display()
+        )
+    };
+    if i.epoch > MAX_EPOCHS {
+        bad("epoch", i.epoch.to_string(), "at most 1000000")?;
+    }
+    if i.epochs > MAX_EPOCHS {
+        bad("epochs", i.epochs.to_string(), "at most 1000000")?;
+    }
+    if i.batch_size == 0 {
+        bad("batch_size", "0".into(), "at least 1")?;
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        bad("lr", o.lr.to_string(), "a positive number")?;
+    }
+    if !(0.0..1.0).contains(&o.momentum) {
+        bad("momentum", o.momentum.to_string(), "a number in [0, 1)")?;
+    }
+    for (field, beta) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+        if !(0.0..1.0).contains(&beta) {
+            bad(field, beta.to_string(), "a number in [0, 1)")?;
+        }
+    }
+    if !(o.eps.is_finite() && o.eps > 0.0) {
+        bad("eps", o.eps.to_string(), "a positive number")?;
+    }
+    if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+        bad("weight_decay", o.weight_decay.to_string(), "0 or more")?;
+    }
+    let decay = i.schedule.decay;
+    if !(decay > 0.0 && decay <= 1.0) {
+        bad("lr_decay", decay.to_string(), "a number in (0, 1]")?;
+    }
+    let n = &i.normalization;
+    if !n.mean.is_finite() {
+        bad("normalize_mean", n.mean.to_string(), "a finite number")?;
+    }
+    if !(n.std.is_finite() && n.std > 0.0) {
+        bad("normalize_std", n.std.to_string(), "a positive number")?;
+    }
+    Ok(())
 }
 
 fn meta<'a>(path: &Path, metadata: &'a HashMap<String, String>, key: &str) -> Result<&'a str> {
@@ -244,6 +303,9 @@ pub fn load(path: &Path, input: Shape, spec: Option<&NetSpec>) -> Result<Checkpo
         .map_err(|e| anyhow!("{}: metadata 'spec': {e}", path.display()))?;
     let spec = spec.cloned().unwrap_or(stored_spec);
     let network = Network::new(&spec, input).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    network
+        .check_outputs(crate::data::NUM_CLASSES)
+        .map_err(|e| anyhow!("{}: metadata 'spec': {e}", path.display()))?;
     // Fields added with the optimizers and schedules: older checkpoints are SGD, step schedule.
     let optional = |key: &str| metadata.contains_key(key);
     let defaults = Optimizer::default();
@@ -280,6 +342,7 @@ pub fn load(path: &Path, input: Shape, spec: Option<&NetSpec>) -> Result<Checkpo
             std: parse_meta(path, metadata, "normalize_std")?,
         },
     };
+    check_info(path, &info)?;
     let mut params = Vec::new();
     for p in &network.params {
         let what = format!("{} of the network {spec}", p.name);

@@ -192,6 +192,9 @@ pub fn load_split(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     }
 }
 
+/// The most a gzip-compressed data file may inflate to: twice MNIST's largest file.
+const MAX_INFLATED: u64 = 256 << 20;
+
 /// Read a file, un-gzipping it if it starts with the gzip magic (whatever its name says).
 pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError {
@@ -200,11 +203,23 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
     })?;
     if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
         let mut out = Vec::new();
-        let mut decoder = flate2::read::MultiGzDecoder::new(&raw[..]);
-        if let Err(e) = decoder.read_to_end(&mut out) {
+        let decoder = flate2::read::MultiGzDecoder::new(&raw[..]);
+        // Bounded: a small file that inflates to gigabytes is refused at the bound, not read
+        // whole into memory first. MNIST's largest file (the training CSV) is ~110 MB.
+        let mut bounded = decoder.take(MAX_INFLATED + 1);
+        if let Err(e) = bounded.read_to_end(&mut out) {
             return err(
                 path,
                 format!("corrupt gzip stream ({e}); expected a complete gzip-compressed IDX file"),
+            );
+        }
+        if out.len() as u64 > MAX_INFLATED {
+            return err(
+                path,
+                format!(
+                    "inflates to more than {} MiB; an MNIST file is at most ~110 MiB (not a data set, or a decompression bomb?)",
+                    MAX_INFLATED >> 20
+                ),
             );
         }
         Ok(out)
@@ -342,7 +357,9 @@ pub fn load_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, 
 /// header row (recognised by a first field that is not a number). The file may be gzip-compressed.
 pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
     let bytes = read_maybe_gzip(path)?;
-    let text = match std::str::from_utf8(&bytes) {
+    // A UTF-8 byte-order mark (spreadsheet exports write one) is not part of the first field.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
             return err(

@@ -157,6 +157,19 @@ impl Network {
         self.layers.last().map_or(0, |l| l.output.len())
     }
 
+    /// The network ends in one output per class of a data set with `classes` classes, as its loss
+    /// needs (softmax, or one sigmoid a class).
+    pub fn check_outputs(&self, classes: usize) -> Result<(), String> {
+        if self.classes() != classes {
+            return Err(format!(
+                "the network {} ends in {} outputs, but the data has {classes} classes: its last layer must be dense{classes}",
+                self.spec,
+                self.classes()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn loss(&self) -> Loss {
         self.spec.loss
     }

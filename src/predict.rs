@@ -16,11 +16,12 @@ use crate::data::IMAGE_SIDE;
 /// The digit's box inside the frame, as in MNIST.
 const BOX: u32 = 20;
 
-/// Load `path` (PNG, JPEG or BMP) as 8-bit grayscale.
+/// Load `path` (PNG, JPEG or BMP) as 8-bit grayscale. The file is read whole first, so pipes and
+/// `/dev/stdin` work too (the decoders need to seek). Transparency is honoured: the picture is laid
+/// on white paper first, so dark ink on a transparent ground reads as ink.
 pub fn load_gray(path: &Path) -> Result<GrayImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
-    let reader = reader
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
     let image = reader.decode().map_err(|e| {
@@ -29,7 +30,16 @@ pub fn load_gray(path: &Path) -> Result<GrayImage> {
             path.display()
         )
     })?;
-    Ok(image.to_luma8())
+    if !image.color().has_alpha() {
+        return Ok(image.to_luma8());
+    }
+    let rgba = image.to_luma_alpha8();
+    Ok(GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [v, a] = rgba.get_pixel(x, y).0;
+        let (v, a) = (v as u32, a as u32);
+        // v over white: (v a + 255 (255 - a)) / 255, rounded
+        Luma([((v * a + 255 * (255 - a) + 127) / 255) as u8])
+    }))
 }
 
 /// The 28x28 frame, light digit on black, as MNIST presents it; `what` names the image in errors.

@@ -199,6 +199,34 @@ fn csv_reads_with_and_without_a_header() {
             .labels,
         vec![3, 0]
     );
+    // A UTF-8 byte-order mark (as spreadsheets write) does not cost the first image.
+    let bom = [&b"\xEF\xBB\xBF"[..], body.as_bytes()].concat();
+    assert_eq!(
+        load_csv(&write(dir.path(), "bom.csv", &bom))
+            .unwrap()
+            .labels,
+        vec![3, 0]
+    );
+}
+
+/// A small gzip file that inflates to more than any MNIST file is refused at the bound, not read
+/// whole into memory first.
+#[test]
+fn a_gzip_bomb_is_refused_at_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..300 {
+        std::io::Write::write_all(&mut e, &zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+    let path = write(dir.path(), "bomb.csv.gz", &bomb);
+    let err = load_csv(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("bomb.csv.gz: inflates to more than 256 MiB"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! pictures, plots, metrics files, help and errors.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 mod common;
 
@@ -546,6 +547,15 @@ fn predict_reads_pictures_of_any_kind_like_the_test_digit() {
             img.save(&path).unwrap();
             paths.push(path);
         }
+        // Black ink on a transparent ground (its colour channels are all black): the alpha says
+        // where the ink is.
+        let paper = variant(pixels, 2, true, (56, 56), (0, 0));
+        let ink = image::RgbaImage::from_fn(56, 56, |x, y| {
+            image::Rgba([0, 0, 0, 255 - paper.get_pixel(x, y).0[0]])
+        });
+        let path = dir.path().join(format!("digit{n}-transparent.png"));
+        ink.save(&path).unwrap();
+        paths.push(path);
         let seen = dir.path().join("seen");
         let args: Vec<&str> = [
             "predict",
@@ -584,6 +594,174 @@ fn predict_reads_pictures_of_any_kind_like_the_test_digit() {
     assert!(
         checked >= 8,
         "only {checked} of 12 test digits were classified with confidence"
+    );
+}
+
+/// Hostile checkpoints and outputs: absurd values are refused naming the file and the field;
+/// outputs are checked before any training, and never clobber an input or each other.
+#[test]
+fn absurd_checkpoints_and_clashing_outputs_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    let (net, mut exec) = trained("conv8k3-relu-maxpool2-dense10");
+    let params = exec.parameters().unwrap();
+    checkpoint::save(&good, &net, &params, None, &info(&net.spec, 1)).unwrap();
+    let load_err = |p: &Path| {
+        checkpoint::load(p, MNIST, None)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    // A NaN weight.
+    let nan = dir.path().join("nan.safetensors");
+    rewrite(&good, &nan, |t| {
+        for (n, _, data) in t.iter_mut() {
+            if n == "4.weight" {
+                data[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+        }
+    });
+    let e = load_err(&nan);
+    assert!(
+        e.contains("nan.safetensors: tensor '4.weight'") && e.contains("NaN at index 2"),
+        "{e}"
+    );
+    // Metadata out of range, one field at a time.
+    for (key, value, needle) in [
+        (
+            "normalize_std",
+            "0",
+            "metadata 'normalize_std' is 0; expected a positive number",
+        ),
+        (
+            "epoch",
+            "1099511627776",
+            "metadata 'epoch' is 1099511627776; expected at most 1000000",
+        ),
+        (
+            "batch_size",
+            "0",
+            "metadata 'batch_size' is 0; expected at least 1",
+        ),
+        (
+            "lr",
+            "inf",
+            "metadata 'lr' is inf; expected a positive number",
+        ),
+        (
+            "beta2",
+            "1.5",
+            "metadata 'beta2' is 1.5; expected a number in [0, 1)",
+        ),
+    ] {
+        let bytes = std::fs::read(&good).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.insert(key.to_string(), value.to_string());
+        let views: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect();
+        let path = dir.path().join(format!("{key}.safetensors"));
+        std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+        let e = load_err(&path);
+        assert!(e.contains(&format!("{key}.safetensors: {needle}")), "{e}");
+    }
+    // A network whose outputs are not the 10 classes: refused by train, and in a checkpoint.
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--model",
+        "dense5",
+        "--limit-train",
+        "10",
+    ]));
+    assert!(
+        stderr.contains(
+            "ends in 5 outputs, but the data has 10 classes: its last layer must be dense10"
+        ),
+        "{stderr}"
+    );
+    // Outputs: the --resume checkpoint is not overwritten by --metrics; two outputs on one file,
+    // a folder and a missing folder are refused before the first epoch.
+    let before = std::fs::read(&good).unwrap();
+    let g = good.to_str().unwrap();
+    let plot = dir.path().join("p.png");
+    let p = plot.to_str().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--resume", g, "--metrics", g], "--metrics"),
+        (
+            vec!["--save", p, "--plot", p],
+            "--save and --plot are the same file",
+        ),
+        (vec!["--plot", d], "is a folder; expected a file name"),
+        (
+            vec!["--metrics", "/nonexistent-dir/m.jsonl"],
+            "the folder /nonexistent-dir does not exist",
+        ),
+    ] {
+        let out = wgcnn(
+            &[
+                &["train", "--limit-train", "10", "--limit-test", "10"][..],
+                &args,
+            ]
+            .concat(),
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stdout.contains("epoch 1/"),
+            "{args:?} trained first: {stdout}"
+        );
+    }
+    assert!(text(&wgcnn(&[
+        "train",
+        "--resume",
+        g,
+        "--metrics",
+        g,
+        "--limit-train",
+        "10"
+    ]))
+    .1
+    .contains("is the --resume file: writing it would destroy the input"));
+    assert_eq!(
+        std::fs::read(&good).unwrap(),
+        before,
+        "the checkpoint was touched"
+    );
+    // A backend name that is not one.
+    let out = Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args(["train", "--gpu", "--limit-train", "10"])
+        .env("WGPU_BACKEND", "vulkna")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("WGPU_BACKEND=vulkna: 'vulkna' is not a graphics API"),
+        "{stderr}"
+    );
+    // predict reads a picture from a pipe (no seeking).
+    let digit = dir.path().join("digit.png");
+    variant(mnist(Split::Test, 1).image(0), 1, false, (28, 28), (0, 0))
+        .save(&digit)
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wgcnn"))
+        .args(["predict", "--model", g, "/dev/stdin"])
+        .stdin(std::fs::File::open(&digit).unwrap())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success() && stdout.contains("/dev/stdin: "),
+        "{stdout}\n{stderr}"
     );
 }
 
@@ -644,7 +822,7 @@ fn predict_and_outputs_fail_clearly_on_bad_input() {
         "/nonexistent-dir/m.jsonl",
     ]));
     assert!(
-        stderr.contains("/nonexistent-dir/m.jsonl: cannot open the metrics file"),
+        stderr.contains("--metrics /nonexistent-dir/m.jsonl: cannot write: the folder /nonexistent-dir does not exist"),
         "{stderr}"
     );
     let (_, stderr) = text(&wgcnn(&[

@@ -27,6 +27,12 @@ pub struct EvalArgs {
 }
 
 pub fn run_eval(args: &EvalArgs) -> Result<()> {
+    let outputs: Vec<(&str, &std::path::Path)> =
+        [("--plot", &args.plot), ("--predictions", &args.predictions)]
+            .into_iter()
+            .filter_map(|(flag, path)| path.as_deref().map(|p| (flag, p)))
+            .collect();
+    super::check_outputs(&outputs, &[("--model", args.model.as_path())])?;
     let input = MNIST_INPUT;
     let ck = checkpoint::load(&args.model, input, None)?;
     let mut test = data::load_split(&args.data.data, Split::Test)?;

@@ -387,10 +387,77 @@ pub fn make_executor(
     }
 }
 
+/// Before any work: each output path can be written (its folder exists and takes a new file, it
+/// is not a folder), no two outputs are the same file, and no output is an input, except that
+/// `--save` may overwrite the checkpoint `--resume` read (continuing a run in place).
+pub(crate) fn check_outputs(
+    outputs: &[(&str, &std::path::Path)],
+    inputs: &[(&str, &std::path::Path)],
+) -> Result<()> {
+    // The same file, whether it exists yet or not: its folder canonicalised, plus its name.
+    let identity = |path: &std::path::Path| -> Option<PathBuf> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        Some(dir.canonicalize().ok()?.join(path.file_name()?))
+    };
+    for (i, &(flag, path)) in outputs.iter().enumerate() {
+        let shown = path.display();
+        if path.is_dir() {
+            anyhow::bail!("{flag} {shown}: is a folder; expected a file name");
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "{flag} {shown}: cannot write: the folder {} does not exist",
+                dir.display()
+            );
+        }
+        if path.file_name().is_none() {
+            anyhow::bail!("{flag} {shown}: expected a file name");
+        }
+        // Can a file be created there? (A probe, removed at once.)
+        let probe = dir.join(format!(".wgcnn-probe-{}", std::process::id()));
+        match std::fs::File::create(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) => anyhow::bail!("{flag} {shown}: cannot write in {}: {e}", dir.display()),
+        }
+        if path.exists() && !path.is_file() {
+            anyhow::bail!(
+                "{flag} {shown}: not a regular file (a device or pipe?); expected a file to write"
+            );
+        }
+        let me = identity(path);
+        for &(other_flag, other) in &outputs[i + 1..] {
+            if me.is_some() && me == identity(other) {
+                anyhow::bail!(
+                    "{flag} and {other_flag} are the same file, {shown}; give each its own"
+                );
+            }
+        }
+        for &(input_flag, input) in inputs {
+            let same = me.is_some() && me == identity(input);
+            if same && !(flag == "--save" && input_flag == "--resume") {
+                anyhow::bail!("{flag} {shown} is the {input_flag} file: writing it would destroy the input; give another name");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn mnist_network(spec: &NetSpec) -> Result<Network> {
-    Network::new(spec, MNIST_INPUT)
+    let net = Network::new(spec, MNIST_INPUT)
         .map_err(anyhow::Error::msg)
-        .context("building the network")
+        .context("building the network")?;
+    net.check_outputs(data::NUM_CLASSES)
+        .map_err(anyhow::Error::msg)?;
+    Ok(net)
 }
 
 pub fn run(cli: Cli) -> Result<()> {

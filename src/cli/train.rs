@@ -147,6 +147,17 @@ impl train::Observer for Reporter<'_> {
 }
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
+    // Every output is checked before any work, not after the first epoch.
+    let outputs: Vec<(&str, &std::path::Path)> = [
+        ("--save", &args.save),
+        ("--plot", &args.plot),
+        ("--metrics", &args.metrics),
+    ]
+    .into_iter()
+    .filter_map(|(flag, path)| path.as_deref().map(|p| (flag, p)))
+    .collect();
+    let resume = args.resume.as_deref().map(|p| ("--resume", p));
+    super::check_outputs(&outputs, resume.as_slice())?;
     let input = MNIST_INPUT;
     // With --resume, the checkpoint supplies the network and the defaults; options still override.
     let resumed = args

@@ -58,6 +58,7 @@ impl Gpu {
             .clone()
             .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
             .filter(|n| !n.is_empty());
+        check_backend_env()?;
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let adapters = instance.enumerate_adapters(backends).await;
         let adapter = match &wanted {
@@ -316,4 +317,34 @@ impl Gpu {
             .map(|(b, &(_, len))| bytemuck::pod_collect_to_vec::<u8, f32>(&b[..len * 4]))
             .collect())
     }
+}
+
+/// `WGPU_BACKEND`, if set, names only APIs wgpu knows: wgpu ignores unknown names, which would
+/// leave no adapter and a misleading "no GPU" message.
+fn check_backend_env() -> Result<()> {
+    let Ok(value) = std::env::var("WGPU_BACKEND") else {
+        return Ok(());
+    };
+    const KNOWN: &[&str] = &[
+        "vulkan",
+        "vk",
+        "metal",
+        "mtl",
+        "dx12",
+        "d3d12",
+        "gl",
+        "gles",
+        "opengl",
+        "webgpu",
+        "primary",
+        "secondary",
+    ];
+    for name in value.split(',').map(|n| n.trim().to_lowercase()) {
+        if !KNOWN.contains(&name.as_str()) {
+            bail!(
+                "WGPU_BACKEND={value}: '{name}' is not a graphics API; expected vulkan, metal or dx12 (comma-separated)"
+            );
+        }
+    }
+    Ok(())
 }
