@@ -157,6 +157,19 @@ impl Network {
         self.layers.last().map_or(0, |l| l.output.len())
     }
 
+    /// Bytes a CPU executor needs at the least, as (fixed, per sample of the batch): each
+    /// parameter four times (the values, the gradient, two optimizer buffers) plus the initial
+    /// copy, and each layer's input and output, with their gradients.
+    pub fn memory_estimate(&self) -> (u64, u64) {
+        let params: u64 = self.params.iter().map(|p| p.len() as u64).sum();
+        let activations: u64 = self
+            .layers
+            .iter()
+            .map(|l| (l.input.len() + l.output.len()) as u64)
+            .sum();
+        (4 * 5 * params, 4 * 2 * activations)
+    }
+
     /// The network ends in one output per class of a data set with `classes` classes, as its loss
     /// needs (softmax, or one sigmoid a class).
     pub fn check_outputs(&self, classes: usize) -> Result<(), String> {
@@ -222,6 +235,10 @@ impl Network {
 
 /// Append `layer`, reading samples of shape `shape`, to `layers` (and its parameters to `params`);
 /// returns its output shape.
+/// The most elements any one tensor of a network (a weight, or one sample's activations) may
+/// have: 2^28 (1 GiB of f32), far beyond what an MNIST network needs.
+pub const MAX_ELEMENTS: usize = 1 << 28;
+
 fn resolve_layer(
     layer: Layer,
     shape: Shape,
@@ -230,6 +247,40 @@ fn resolve_layer(
 ) -> Result<Shape, String> {
     let index = layers.len();
     let fail = |what: String| format!("layer {index} ({layer}) on input {shape}: {what}");
+    // Every size is checked before anything is computed from it: no overflow, no wrap-around,
+    // and no tensor beyond MAX_ELEMENTS.
+    let too_big = |what: &str, n: Option<usize>| -> Result<usize, String> {
+        match n {
+            Some(n) if n <= MAX_ELEMENTS => Ok(n),
+            _ => Err(fail(format!(
+                "its {what} would have more than {MAX_ELEMENTS} elements; use fewer channels, features or less padding"
+            ))),
+        }
+    };
+    match layer {
+        Layer::Conv2d {
+            out_channels,
+            kernel_size,
+            padding,
+            ..
+        } => {
+            let padded = padding
+                .checked_mul(2)
+                .and_then(|p| p.checked_add(shape.height.max(shape.width)));
+            too_big("padded input", padded)?;
+            too_big(
+                "weight",
+                out_channels
+                    .checked_mul(shape.channels)
+                    .and_then(|n| n.checked_mul(kernel_size))
+                    .and_then(|n| n.checked_mul(kernel_size)),
+            )?;
+        }
+        Layer::Dense { out_features, .. } => {
+            too_big("weight", out_features.checked_mul(shape.len()))?;
+        }
+        _ => {}
+    }
     let mut add_param = |suffix: &str, dims: Vec<usize>, fan_in: usize| {
         params.push(ParamInfo {
             name: format!("{index}.{suffix}"),
@@ -310,6 +361,13 @@ fn resolve_layer(
         }
         Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Dropout { .. } => (shape, None, None),
     };
+    too_big(
+        "output",
+        output
+            .channels
+            .checked_mul(output.height)
+            .and_then(|n| n.checked_mul(output.width)),
+    )?;
     layers.push(ResolvedLayer {
         layer,
         input: shape,

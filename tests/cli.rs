@@ -202,6 +202,29 @@ fn bad_options_and_data_give_clear_errors() {
         stderr.contains("--stop-after 0: the run is already past epoch 0"),
         "{stderr}"
     );
+    // Sizes near the integer limits are refused before anything is allocated, naming the layer;
+    // so is a network whose activations cannot fit in this machine's memory.
+    for (model, needle) in [
+        ("conv4294967296k3-dense10", "layer 0 (conv4294967296k3) on input 1x28x28: its weight would have more than 268435456 elements"),
+        ("conv8k3p4294967295-dense10", "its padded input would have more than 268435456 elements"),
+        ("dense99999999999-dense10", "layer 1 (dense99999999999) on input 784: its weight would have more"),
+    ] {
+        let (_, stderr) = text(&wgcnn(&["train", "--model", model, "--limit-train", "10"]));
+        assert!(stderr.contains(needle), "{model}: {stderr}");
+    }
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--model",
+        "conv1024k3p60-dense10",
+        "--batch-size",
+        "256",
+        "--limit-train",
+        "10",
+    ]));
+    assert!(
+        stderr.contains("at batch size 256 needs at least") && stderr.contains("MiB on the CPU"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -142,6 +142,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let (train_set, test_set) = load_data(&args.data)?;
     let c = resolved.config;
     let train_len = train_set.len();
+    super::check_memory(&net, c.batch_size, &args.device)?;
     let params = net.init_params(c.seed);
     let norm = preset_normalization(args.data.normalize, resolved.standardize);
     anyhow::ensure!(

@@ -387,6 +387,42 @@ pub fn make_executor(
     }
 }
 
+/// Before anything is allocated: does a CPU executor's memory, at the least, fit in what the
+/// machine has available (Linux's MemAvailable; elsewhere the check is skipped)? The GPU executor
+/// checks its own limits.
+pub(crate) fn check_memory(net: &Network, batch_size: usize, device: &DeviceArgs) -> Result<()> {
+    if device.gpu {
+        return Ok(());
+    }
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    let (fixed, per_sample) = net.memory_estimate();
+    let needed = fixed.saturating_add(per_sample.saturating_mul(batch_size as u64));
+    if needed > available {
+        let fits = available.saturating_sub(fixed) / per_sample.max(1);
+        let advice = if fits >= 1 {
+            format!("use --batch-size {fits} or less, or a smaller network")
+        } else {
+            "its parameters alone do not fit: use a smaller network".to_string()
+        };
+        anyhow::bail!(
+            "the network {} at batch size {batch_size} needs at least {} MiB on the CPU, more than the {} MiB available; {advice}",
+            net.spec,
+            needed >> 20,
+            available >> 20
+        );
+    }
+    Ok(())
+}
+
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Before any work: each output path can be written (its folder exists and takes a new file, it
 /// is not a folder), no two outputs are the same file, and no output is an input, except that
 /// `--save` may overwrite the checkpoint `--resume` read (continuing a run in place).

@@ -230,6 +230,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         None => {
             let r = resolve_model(&args.model, &args.schedule, args.epochs)?;
             let net = mnist_network(&r.spec)?;
+            super::check_memory(&net, r.config.batch_size, &args.device)?;
             let params = net.init_params(r.config.seed);
             (
                 r.name,
@@ -243,6 +244,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         }
     };
     let net = mnist_network(&spec)?;
+    super::check_memory(&net, config.batch_size, &args.device)?;
     let (train_set, test_set) = load_data(&args.data)?;
     let c = config;
     let say = |line: String| {
