@@ -143,28 +143,68 @@ pub fn save(
     write_atomically(path, &bytes)
 }
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Temporary files being written (see [`write_atomically`]), removed by
+/// [`remove_temporary_files`] when the process is interrupted.
+static IN_PROGRESS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Remove every temporary file a write has not finished with (Ctrl-C, SIGTERM).
+pub fn remove_temporary_files() {
+    let files = IN_PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
+    for tmp in files.iter() {
+        let _ = std::fs::remove_file(tmp);
+    }
+}
+
+/// Write `bytes` to `path` through a temporary file in the same folder and a rename. A symbolic
+/// link is written through (its target is replaced, the link kept); a destination that is not a
+/// regular file (a device, a pipe, a folder) is refused. The temporary name is short, whatever
+/// the destination's length, and removed on failure or interruption.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).map_err(|e| {
+            anyhow!(
+                "{}: a link whose target cannot be reached: {e}",
+                path.display()
+            )
+        })?,
+        _ => path.to_path_buf(),
+    };
+    if let Ok(m) = std::fs::metadata(&target) {
+        if !m.is_file() {
+            bail!(
+                "{}: not a regular file (a folder, device or pipe); expected a file to write",
+                path.display()
+            );
+        }
+    }
+    let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    if target.file_name().is_none() {
+        bail!("{}: not a file name", path.display());
+    }
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".wgcnn-{}-{n}.tmp", std::process::id()));
+    IN_PROGRESS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(tmp.clone());
     let result = (|| -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &target)
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+    }
+    IN_PROGRESS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|t| t != &tmp);
+    if let Err(e) = result {
         bail!("{}: cannot write: {e}", path.display());
     }
     Ok(())

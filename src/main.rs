@@ -10,6 +10,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Interrupted (Ctrl-C, SIGTERM): leave no half-written temporary file behind. Outputs are
+    // written through temporary files and renamed, so the destinations themselves stay whole.
+    let _ = ctrlc::set_handler(|| {
+        wgcnn::checkpoint::remove_temporary_files();
+        eprintln!("interrupted");
+        std::process::exit(130);
+    });
     let cli = wgcnn::cli::Cli::parse();
     match wgcnn::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -763,6 +763,70 @@ fn absurd_checkpoints_and_clashing_outputs_are_refused_before_any_work() {
         out.status.success() && stdout.contains("/dev/stdin: "),
         "{stdout}\n{stderr}"
     );
+    // Two pictures with the same name in different folders: each keeps its own seen picture.
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::copy(&digit, d.join("digit.png")).unwrap();
+    }
+    let seen = dir.path().join("seen");
+    let out = wgcnn(&[
+        "predict",
+        "--model",
+        g,
+        "--show",
+        seen.to_str().unwrap(),
+        a.join("digit.png").to_str().unwrap(),
+        b.join("digit.png").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(seen.join("digit.seen.png").is_file() && seen.join("digit-2.seen.png").is_file());
+    // A file name as long as the system allows is written (the temporary name is short); a
+    // symbolic link is written through; a device is refused before training.
+    let long = dir.path().join(format!("{}.safetensors", "m".repeat(240)));
+    let target = dir.path().join("target.safetensors");
+    std::fs::write(&target, b"old").unwrap();
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for save in [&long, &link] {
+        let out = wgcnn(&[
+            "train",
+            "--model",
+            "relu-maxpool",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "20",
+            "--limit-test",
+            "10",
+            "--save",
+            save.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+    }
+    assert!(checkpoint::load(&long, MNIST, None).is_ok());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(
+        checkpoint::load(&target, MNIST, None).is_ok(),
+        "written through the link"
+    );
+    let (_, stderr) = text(&wgcnn(&[
+        "train",
+        "--save",
+        "/dev/null",
+        "--limit-train",
+        "10",
+    ]));
+    assert!(stderr.contains("/dev/null: not a regular file"), "{stderr}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
@@ -846,7 +910,7 @@ fn predict_and_outputs_fail_clearly_on_bad_input() {
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty());
 }

@@ -30,6 +30,8 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
             .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
     }
     let mut failures = 0;
+    // Pictures of the same name from different folders get their own NAME-2.seen.png, ...
+    let mut shown = std::collections::HashSet::new();
     for path in &args.images {
         let result = (|| -> Result<()> {
             let frame =
@@ -47,7 +49,12 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
                 let stem = path
                     .file_stem()
                     .map_or("image".into(), |s| s.to_string_lossy().into_owned());
-                let out = dir.join(format!("{stem}.seen.png"));
+                let mut out = dir.join(format!("{stem}.seen.png"));
+                let mut k = 1;
+                while !shown.insert(out.clone()) {
+                    k += 1;
+                    out = dir.join(format!("{stem}-{k}.seen.png"));
+                }
                 let mut bytes = std::io::Cursor::new(Vec::new());
                 frame
                     .write_to(&mut bytes, image::ImageFormat::Png)
