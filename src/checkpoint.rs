@@ -251,7 +251,8 @@ fn tensor_f32(
     Ok(Some(values))
 }
 
-/// The most epochs a checkpoint may claim: resuming replays one shuffle per past epoch.
+/// The most epochs a checkpoint may claim (an absurd count is a corrupt file, and epoch + 1
+/// must not overflow).
 const MAX_EPOCHS: usize = 1_000_000;
 
 /// Every metadata value in its range, the file and the field named otherwise.
@@ -329,6 +330,16 @@ fn parse_meta<T: std::str::FromStr>(
 pub fn load(path: &Path, input: Shape, spec: Option<&NetSpec>) -> Result<Checkpoint> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("{}: cannot read the checkpoint", path.display()))?;
+    load_bytes(path, &bytes, input, spec)
+}
+
+/// [`load`] from the file's bytes; `path` names it in errors.
+pub fn load_bytes(
+    path: &Path,
+    bytes: &[u8],
+    input: Shape,
+    spec: Option<&NetSpec>,
+) -> Result<Checkpoint> {
     let st = SafeTensors::deserialize(&bytes).map_err(|e| {
         anyhow!(
             "{}: not a valid safetensors checkpoint (truncated or corrupt?): {e}",

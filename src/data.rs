@@ -201,6 +201,11 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
         path: path.to_path_buf(),
         problem: format!("cannot read: {e}"),
     })?;
+    inflate_maybe(path, raw)
+}
+
+/// The bytes of a file (`path` names it in errors), un-gzipped if they start with the gzip magic.
+pub fn inflate_maybe(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
         let mut out = Vec::new();
         let decoder = flate2::read::MultiGzDecoder::new(&raw[..]);
@@ -356,9 +361,13 @@ pub fn load_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, 
 /// Load the CSV layout: one image a row, the label then 784 pixel values 0-255, with or without a
 /// header row (recognised by a first field that is not a number). The file may be gzip-compressed.
 pub fn load_csv(path: &Path) -> Result<Dataset, DataError> {
-    let bytes = read_maybe_gzip(path)?;
+    parse_csv(path, &read_maybe_gzip(path)?)
+}
+
+/// Parse the CSV layout from bytes (already un-gzipped); `path` names the file in errors.
+pub fn parse_csv(path: &Path, bytes: &[u8]) -> Result<Dataset, DataError> {
     // A UTF-8 byte-order mark (spreadsheet exports write one) is not part of the first field.
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
