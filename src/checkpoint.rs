@@ -340,13 +340,13 @@ pub fn load_bytes(
     input: Shape,
     spec: Option<&NetSpec>,
 ) -> Result<Checkpoint> {
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
         anyhow!(
             "{}: not a valid safetensors checkpoint (truncated or corrupt?): {e}",
             path.display()
         )
     })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow!("{}: unreadable header: {e}", path.display()))?;
     let empty = HashMap::new();
     let metadata = header.metadata().as_ref().unwrap_or(&empty);
