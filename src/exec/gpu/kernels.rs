@@ -328,13 +328,25 @@ impl Kernels {
         label: &str,
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
+        let resources = buffers.iter().map(|b| b.as_entire_binding()).collect();
+        self.bind_resources(gpu, file, label, resources)
+    }
+
+    /// A bind group for `file`, with `resources` (whole buffers or ranges of one) in binding order.
+    pub fn bind_resources(
+        &self,
+        gpu: &Gpu,
+        file: &str,
+        label: &str,
+        resources: Vec<wgpu::BindingResource>,
+    ) -> wgpu::BindGroup {
         let layout = &self.layouts[file].0;
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .into_iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
+            .map(|(i, resource)| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: b.as_entire_binding(),
+                resource,
             })
             .collect();
         gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -69,17 +69,21 @@ pub struct GpuExecutor {
     test_len: usize,
     step_words: wgpu::Buffer,
     order: wgpu::Buffer,
-    params: Vec<wgpu::Buffer>,
-    /// The optimizer's state: SGD's velocity or Adam's first moment, and Adam's second moment.
-    velocity: Vec<wgpu::Buffer>,
-    second: Vec<wgpu::Buffer>,
-    sgd_constants: Vec<wgpu::Buffer>,
+    /// Where each parameter tensor lies in `params`, `velocity` and `second` (and the gradients).
+    arena: Arena,
+    /// Every parameter tensor, one after another (see [`Arena`]).
+    params: wgpu::Buffer,
+    /// The optimizer's state, laid out as `params`: SGD's velocity or Adam's first moment, and
+    /// Adam's second moment.
+    velocity: wgpu::Buffer,
+    second: wgpu::Buffer,
+    sgd_constants: wgpu::Buffer,
     /// Adam's per-step scalars, shared by every parameter's update.
     adam_step: wgpu::Buffer,
     /// The optimizer the SGD constants were last written for.
     sgd: Option<Optimizer>,
-    /// The optimizer dispatches of a training step for SGD and for Adam(W) (one per parameter
-    /// either way); the current one ends `train_plan`.
+    /// The optimizer dispatch of a training step for SGD and for Adam(W) (one for all the
+    /// parameters either way); the current one ends `train_plan`.
     optimizer_plans: [Vec<Planned>; 2],
     /// Whether `train_plan` ends with the Adam dispatches.
     adam_planned: bool,
@@ -92,6 +96,66 @@ pub struct GpuExecutor {
     in_flight: VecDeque<wgpu::SubmissionIndex>,
     /// When set, every dispatch of a training step is timed (see [`Executor::enable_profiling`]).
     profile: Option<Profile>,
+}
+
+/// All the parameter tensors in one buffer (and their gradients, momentum and second moment in
+/// three more laid out the same way), each starting at a multiple of the device's storage-offset
+/// alignment so that a layer binds its weight and bias as ranges of it. The optimizer then
+/// updates every parameter in one dispatch over the whole buffer instead of one per tensor; the
+/// gaps between tensors hold zeros, which SGD, Adam and weight decay leave at zero.
+struct Arena {
+    /// Offset in f32 words and length of each parameter tensor.
+    slots: Vec<(usize, usize)>,
+    /// Total length in words, gaps included.
+    words: usize,
+}
+
+impl Arena {
+    fn new(net: &Network, align_bytes: u64) -> Arena {
+        // At least 4 values: the optimizer kernels take 4 at a time.
+        let align = (align_bytes as usize / 4).max(4);
+        let mut words = 0;
+        let slots = net
+            .params
+            .iter()
+            .map(|info| {
+                let slot = (words, info.len());
+                words = (words + info.len()).next_multiple_of(align);
+                slot
+            })
+            .collect();
+        Arena {
+            slots,
+            words: words.max(4),
+        }
+    }
+
+    /// Parameter `p`'s range of `buffer`, for a bind group.
+    fn binding<'a>(&self, buffer: &'a wgpu::Buffer, p: usize) -> wgpu::BindingResource<'a> {
+        let (offset, len) = self.slots[p];
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: 4 * offset as u64,
+            size: wgpu::BufferSize::new(4 * len.max(1) as u64),
+        })
+    }
+
+    /// The tensors laid out in one vector (zeros in the gaps).
+    fn pack(&self, tensors: &[Vec<f32>]) -> Vec<f32> {
+        let mut all = vec![0.0; self.words];
+        for (&(offset, len), t) in self.slots.iter().zip(tensors) {
+            all[offset..offset + len].copy_from_slice(t);
+        }
+        all
+    }
+
+    /// The tensors cut out of one vector.
+    fn unpack(&self, all: &[f32]) -> Vec<Vec<f32>> {
+        self.slots
+            .iter()
+            .map(|&(offset, len)| all[offset..offset + len].to_vec())
+            .collect()
+    }
 }
 
 fn pack_labels(labels: &[u8]) -> Vec<u32> {
@@ -202,38 +266,22 @@ impl GpuExecutor {
         let unused_d_bias = g.storage("unused d_bias", 4);
         let unused_input = g.storage("unused input", 4);
 
-        let param_buffers: Vec<wgpu::Buffer> = net
-            .params
-            .iter()
-            .zip(params)
-            .map(|(info, values)| g.storage_init(&info.name, bytemuck::cast_slice(values)))
-            .collect();
-        let grad_buffers: Vec<wgpu::Buffer> = net
-            .params
-            .iter()
-            .map(|info| g.storage(&format!("grad {}", info.name), 4 * info.len() as u64))
-            .collect();
-        let second: Vec<wgpu::Buffer> = net
-            .params
-            .iter()
-            .map(|info| g.storage(&format!("exp_avg_sq {}", info.name), 4 * info.len() as u64))
-            .collect();
+        check_tensors(&net, "parameter", params)?;
+        let arena = Arena::new(&net, g.limits.min_storage_buffer_offset_alignment as u64);
+        let arena_bytes = 4 * arena.words as u64;
+        if arena_bytes > max_binding {
+            bail!(
+                "the network's parameters take {} MiB, more than this GPU's storage-binding limit of {} MiB",
+                arena_bytes >> 20,
+                max_binding >> 20
+            );
+        }
+        let param_buffer = g.storage_init("parameters", bytemuck::cast_slice(&arena.pack(params)));
+        let grad_buffer = g.storage("gradients", arena_bytes);
+        let velocity = g.storage("velocity / exp_avg", arena_bytes);
+        let second = g.storage("exp_avg_sq", arena_bytes);
         let adam_step = g.constants("adam step", &[0; 8]);
-        let velocity: Vec<wgpu::Buffer> = net
-            .params
-            .iter()
-            .map(|info| g.storage(&format!("velocity {}", info.name), 4 * info.len() as u64))
-            .collect();
-        let sgd_constants: Vec<wgpu::Buffer> = net
-            .params
-            .iter()
-            .map(|info| {
-                g.constants(
-                    &format!("sgd {}", info.name),
-                    &kernels::sgd_dims(info.len(), 0.0, 0.0, 0.0),
-                )
-            })
-            .collect();
+        let sgd_constants = g.constants("sgd", &kernels::sgd_dims(arena.words, 0.0, 0.0, 0.0));
 
         let batch_labels = g.storage("batch labels", 4 * capacity as u64);
         let sample_loss = g.storage("sample loss", 4 * capacity as u64);
@@ -252,13 +300,16 @@ impl GpuExecutor {
         let mut bind_groups = Vec::new();
         let mut train_plan = Vec::new();
         let mut eval_plan = Vec::new();
-        let mut bind = |op: &plan::OpPlan, label: &str, buffers: &[&wgpu::Buffer]| {
+        let mut bind = |op: &plan::OpPlan, label: &str, buffers: &[wgpu::BindingResource]| {
             let dims = g.constants(&format!("{label} dims"), &op.dims);
-            let mut all = vec![&dims];
+            let mut all = vec![dims.as_entire_binding()];
             all.extend_from_slice(buffers);
-            bind_groups.push(k.bind(g, op.file, label, &all));
+            bind_groups.push(k.bind_resources(g, op.file, label, all));
             bind_groups.len() - 1
         };
+        fn whole<'a>(buffers: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindingResource<'a>> {
+            buffers.iter().map(|b| b.as_entire_binding()).collect()
+        }
         let planned = |op: &plan::OpPlan, pass: &[plan::Dispatch], bind_group: usize| {
             pass.iter()
                 .map(|&dispatch| {
@@ -278,13 +329,13 @@ impl GpuExecutor {
         let bg = bind(
             &gather_train,
             "gather train",
-            &buffers(&train_images, &train_labels),
+            &whole(&buffers(&train_images, &train_labels)),
         );
         train_plan.extend(planned(&gather_train, &gather_train.forward, bg)?);
         let bg = bind(
             &gather_eval,
             "gather test",
-            &buffers(&test_images, &test_labels),
+            &whole(&buffers(&test_images, &test_labels)),
         );
         eval_plan.extend(planned(&gather_eval, &gather_eval.forward, bg)?);
 
@@ -320,18 +371,27 @@ impl GpuExecutor {
             let bg = match l.weight {
                 Some(w) => {
                     let (bias, d_bias) = match l.bias {
-                        Some(b) => (&param_buffers[b], &grad_buffers[b]),
-                        None => (&unused_bias, &unused_d_bias),
+                        Some(b) => (
+                            arena.binding(&param_buffer, b),
+                            arena.binding(&grad_buffer, b),
+                        ),
+                        None => (
+                            unused_bias.as_entire_binding(),
+                            unused_d_bias.as_entire_binding(),
+                        ),
                     };
-                    let (weight, d_weight) = (&param_buffers[w], &grad_buffers[w]);
+                    let weight = arena.binding(&param_buffer, w);
+                    let d_weight = arena.binding(&grad_buffer, w);
                     let scratch = (op.scratch > 0)
                         .then(|| g.storage(&format!("{label} scratch"), 4 * op.scratch as u64));
-                    let mut buffers =
-                        vec![&step_words, x, weight, bias, y, d_y, d_x, d_weight, d_bias];
-                    buffers.extend(scratch.as_ref());
+                    let mut buffers = whole(&[&step_words, x]);
+                    buffers.extend([weight, bias]);
+                    buffers.extend(whole(&[y, d_y, d_x]));
+                    buffers.extend([d_weight, d_bias]);
+                    buffers.extend(scratch.as_ref().map(|s| s.as_entire_binding()));
                     bind(&op, &label, &buffers)
                 }
-                None => bind(&op, &label, &[&step_words, x, y, d_y, d_x]),
+                None => bind(&op, &label, &whole(&[&step_words, x, y, d_y, d_x])),
             };
             train_plan.extend(planned(&op, &op.forward, bg)?);
             eval_plan.extend(planned(&op, &op.forward, bg)?);
@@ -354,46 +414,30 @@ impl GpuExecutor {
                 &sample_correct,
                 metrics,
             ];
-            let bg = bind(&loss, what, &buffers);
+            let bg = bind(&loss, what, &whole(&buffers));
             plan.extend(planned(&loss, &loss.forward, bg)?);
         }
         for back in backward.into_iter().rev() {
             train_plan.extend(back);
         }
-        // The optimizer's dispatches, for SGD and for Adam; `train_step` puts the one it is
-        // asked for at the end of the training plan.
-        let mut sgd_plan = Vec::new();
-        let mut adam_plan = Vec::new();
-        for (p, info) in net.params.iter().enumerate() {
-            let sgd = plan::sgd(info.len(), 0.0, 0.0, 0.0);
-            let label = format!("sgd {}", info.name);
-            let bg = k.bind(
-                g,
-                "sgd",
-                &label,
-                &[
-                    &sgd_constants[p],
-                    &param_buffers[p],
-                    &grad_buffers[p],
-                    &velocity[p],
-                ],
-            );
-            bind_groups.push(bg);
-            sgd_plan.extend(planned(&sgd, &sgd.forward, bind_groups.len() - 1)?);
-            let adam = plan::adam(info.len());
-            let label = format!("adam {}", info.name);
-            let dims = g.constants(&format!("{label} dims"), &adam.dims);
-            let buffers = [
-                &dims,
-                &adam_step,
-                &param_buffers[p],
-                &grad_buffers[p],
-                &velocity[p],
-                &second[p],
-            ];
-            bind_groups.push(k.bind(g, "adam", &label, &buffers));
-            adam_plan.extend(planned(&adam, &adam.forward, bind_groups.len() - 1)?);
-        }
+        // The optimizer's dispatch, for SGD and for Adam, over every parameter at once;
+        // `train_step` puts the one it is asked for at the end of the training plan.
+        let sgd = plan::sgd(arena.words, 0.0, 0.0, 0.0);
+        let buffers = [&sgd_constants, &param_buffer, &grad_buffer, &velocity];
+        bind_groups.push(k.bind(g, "sgd", "sgd", &buffers));
+        let sgd_plan = planned(&sgd, &sgd.forward, bind_groups.len() - 1)?;
+        let adam = plan::adam(arena.words);
+        let dims = g.constants("adam dims", &adam.dims);
+        let buffers = [
+            &dims,
+            &adam_step,
+            &param_buffer,
+            &grad_buffer,
+            &velocity,
+            &second,
+        ];
+        bind_groups.push(k.bind(g, "adam", "adam", &buffers));
+        let adam_plan = planned(&adam, &adam.forward, bind_groups.len() - 1)?;
         train_plan.extend(sgd_plan.iter().cloned());
         // The tiled kernels take their grid as it is (no 2-D flattening): it must fit the device.
         let max_groups = g.limits.max_compute_workgroups_per_dimension;
@@ -421,7 +465,8 @@ impl GpuExecutor {
             test_len: test.len(),
             step_words,
             order,
-            params: param_buffers,
+            arena,
+            params: param_buffer,
             velocity,
             second,
             sgd_constants,
@@ -563,13 +608,9 @@ impl GpuExecutor {
     }
 
     /// Read one buffer per parameter tensor (the parameters or their momentum).
-    fn read_per_parameter(&self, buffers: &[wgpu::Buffer], what: &str) -> Result<Vec<Vec<f32>>> {
-        let buffers: Vec<(&wgpu::Buffer, usize)> = buffers
-            .iter()
-            .zip(&self.net.params)
-            .map(|(b, i)| (b, i.len()))
-            .collect();
-        self.gpu.read_f32(&buffers, what)
+    fn read_per_parameter(&self, buffer: &wgpu::Buffer, what: &str) -> Result<Vec<Vec<f32>>> {
+        let all = self.gpu.read_f32(&[(buffer, self.arena.words)], what)?;
+        Ok(self.arena.unpack(&all[0]))
     }
 
     /// Read a metrics block and zero it.
@@ -614,19 +655,15 @@ impl Executor for GpuExecutor {
 
     fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
         check_tensors(&self.net, "parameter", params)?;
-        for ((info, p), (buffer, velocity)) in self.net.params.iter().zip(params).zip(
-            self.params
-                .iter()
-                .zip(self.velocity.iter().zip(&self.second)),
-        ) {
-            self.gpu
-                .queue
-                .write_buffer(buffer, 0, bytemuck::cast_slice(p));
-            for state in [velocity.0, velocity.1] {
-                self.gpu
-                    .queue
-                    .write_buffer(state, 0, &vec![0u8; 4 * info.len()]);
-            }
+        let queue = &self.gpu.queue;
+        queue.write_buffer(
+            &self.params,
+            0,
+            bytemuck::cast_slice(&self.arena.pack(params)),
+        );
+        let zeros = vec![0u8; 4 * self.arena.words];
+        for state in [&self.velocity, &self.second] {
+            queue.write_buffer(state, 0, &zeros);
         }
         self.gpu.check("uploading parameters")
     }
@@ -641,11 +678,10 @@ impl Executor for GpuExecutor {
 
     fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
         check_tensors(&self.net, "momentum", momentum)?;
-        for (m, buffer) in momentum.iter().zip(&self.velocity) {
-            self.gpu
-                .queue
-                .write_buffer(buffer, 0, bytemuck::cast_slice(m));
-        }
+        let all = self.arena.pack(momentum);
+        self.gpu
+            .queue
+            .write_buffer(&self.velocity, 0, bytemuck::cast_slice(&all));
         self.gpu.check("uploading the momentum")
     }
 
@@ -655,11 +691,10 @@ impl Executor for GpuExecutor {
 
     fn set_second_moment(&mut self, second: &[Vec<f32>]) -> Result<()> {
         check_tensors(&self.net, "second moment", second)?;
-        for (m, buffer) in second.iter().zip(&self.second) {
-            self.gpu
-                .queue
-                .write_buffer(buffer, 0, bytemuck::cast_slice(m));
-        }
+        let all = self.arena.pack(second);
+        self.gpu
+            .queue
+            .write_buffer(&self.second, 0, bytemuck::cast_slice(&all));
         self.gpu.check("uploading the second moment")
     }
 
@@ -722,12 +757,10 @@ impl Executor for GpuExecutor {
                 .queue
                 .write_buffer(&self.adam_step, 0, bytemuck::cast_slice(&words));
         } else if self.sgd != Some(opt) {
-            for (u, info) in self.sgd_constants.iter().zip(&self.net.params) {
-                let words = kernels::sgd_dims(info.len(), opt.lr, opt.momentum, opt.weight_decay);
-                self.gpu
-                    .queue
-                    .write_buffer(u, 0, bytemuck::cast_slice(&words));
-            }
+            let words = kernels::sgd_dims(self.arena.words, opt.lr, opt.momentum, opt.weight_decay);
+            self.gpu
+                .queue
+                .write_buffer(&self.sgd_constants, 0, bytemuck::cast_slice(&words));
             self.sgd = Some(opt);
         }
         self.submit_plan(true, len, step, start, &format!("training step {step}"))

@@ -39,6 +39,13 @@ pub struct Ops<'a> {
     pub kernels: &'a Kernels,
 }
 
+/// `v` with zeros up to a multiple of 4 values (the optimizer kernels take 4 at a time).
+fn padded4(v: &[f32]) -> Vec<f32> {
+    let mut p = v.to_vec();
+    p.resize(v.len().next_multiple_of(4), 0.0);
+    p
+}
+
 fn bytes(v: &[f32]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
@@ -324,10 +331,10 @@ impl Ops<'_> {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let g = self.gpu;
         let n = param.len();
-        let b_param = g.storage_init("param", bytes(param));
-        let b_grad = g.storage_init("grad", bytes(grad));
-        let b_velocity = g.storage_init("velocity", bytes(velocity));
-        let op = plan::sgd(n, lr, momentum, weight_decay);
+        let b_param = g.storage_init("param", bytes(&padded4(param)));
+        let b_grad = g.storage_init("grad", bytes(&padded4(grad)));
+        let b_velocity = g.storage_init("velocity", bytes(&padded4(velocity)));
+        let op = plan::sgd(n.next_multiple_of(4), lr, momentum, weight_decay);
         self.run(&op, 1, &[&b_param, &b_grad, &b_velocity])?;
         let mut out = g.read_f32(&[(&b_param, n), (&b_velocity, n)], "sgd op")?;
         let velocity = out.pop().unwrap();
@@ -346,11 +353,15 @@ impl Ops<'_> {
         let g = self.gpu;
         let n = param.len();
         let b_step = g.constants("adam step", &kernels::adam_step_words(step));
-        let b_param = g.storage_init("param", bytes(param));
-        let b_grad = g.storage_init("grad", bytes(grad));
-        let b_m = g.storage_init("exp_avg", bytes(exp_avg));
-        let b_v = g.storage_init("exp_avg_sq", bytes(exp_avg_sq));
-        self.run(&plan::adam(n), 1, &[&b_step, &b_param, &b_grad, &b_m, &b_v])?;
+        let b_param = g.storage_init("param", bytes(&padded4(param)));
+        let b_grad = g.storage_init("grad", bytes(&padded4(grad)));
+        let b_m = g.storage_init("exp_avg", bytes(&padded4(exp_avg)));
+        let b_v = g.storage_init("exp_avg_sq", bytes(&padded4(exp_avg_sq)));
+        self.run(
+            &plan::adam(n.next_multiple_of(4)),
+            1,
+            &[&b_step, &b_param, &b_grad, &b_m, &b_v],
+        )?;
         let mut out = g.read_f32(&[(&b_param, n), (&b_m, n), (&b_v, n)], "adam op")?;
         let v = out.pop().unwrap();
         let m = out.pop().unwrap();

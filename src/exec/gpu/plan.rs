@@ -767,30 +767,39 @@ pub fn gather_batch(pixels: usize, sequential: bool, norm: Normalization) -> OpP
     }
 }
 
-/// The SGD step of one parameter tensor of `len` values.
+/// The SGD step of `len` values (a multiple of 4: the kernel takes four at a time), all the
+/// parameters at once in the executor.
 pub fn sgd(len: usize, lr: f32, momentum: f32, weight_decay: f32) -> OpPlan {
+    assert!(
+        len.is_multiple_of(4),
+        "the SGD kernel takes 4 values at a time"
+    );
     OpPlan {
         file: "sgd",
         constants: Vec::new(),
         scratch: 0,
         dims: kernels::sgd_dims(len, lr, momentum, weight_decay),
         forward: vec![
-            dispatch("sgd_update", Size::Threads(len)).cost(fixed(4 * len), fixed(20 * len))
+            dispatch("sgd_update", Size::Threads(len / 4)).cost(fixed(4 * len), fixed(20 * len))
         ],
         backward: Vec::new(),
     }
 }
 
-/// The Adam or AdamW step of one parameter tensor of `len` values (the step's scalars come from
-/// a buffer shared by all parameters).
+/// The Adam or AdamW step of `len` values (a multiple of 4, as for [`sgd`]); the step's scalars
+/// come from a buffer of their own.
 pub fn adam(len: usize) -> OpPlan {
+    assert!(
+        len.is_multiple_of(4),
+        "the Adam kernel takes 4 values at a time"
+    );
     OpPlan {
         file: "adam",
         constants: Vec::new(),
         scratch: 0,
         dims: kernels::adam_dims(len),
         forward: vec![
-            dispatch("adam_update", Size::Threads(len)).cost(fixed(12 * len), fixed(24 * len))
+            dispatch("adam_update", Size::Threads(len / 4)).cost(fixed(12 * len), fixed(24 * len))
         ],
         backward: Vec::new(),
     }
