@@ -370,6 +370,29 @@ fn resuming_mid_schedule_with_adamw_equals_the_uninterrupted_run() {
     let state = cb.state.as_ref().expect("the optimizer's state is saved");
     assert!(state.second.is_some(), "AdamW saves both moments");
     assert_eq!(ca.state, cb.state);
+
+    // Resumed with another family of optimizer, the saved moments cannot be used: it says so.
+    let switched = wgcnn(
+        &[
+            &[
+                "train",
+                "--resume",
+                a.to_str().unwrap(),
+                "--optimizer",
+                "sgd",
+                "--epochs",
+                "4",
+            ][..],
+            &data,
+        ]
+        .concat(),
+    );
+    let (out, err) = text(&switched);
+    assert!(switched.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("was trained with adamw; sgd starts from zero state"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -222,8 +222,17 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 ck.params,
                 // Adam and AdamW share their state; SGD's momentum is not Adam's moments
                 ck.state.filter(|_| {
-                    (i.optimizer.kind == OptimizerKind::Sgd)
-                        == (config.optimizer.kind == OptimizerKind::Sgd)
+                    let same = (i.optimizer.kind == OptimizerKind::Sgd)
+                        == (config.optimizer.kind == OptimizerKind::Sgd);
+                    if !same {
+                        eprintln!(
+                            "note: {} was trained with {}; {} starts from zero state",
+                            args.resume.as_ref().unwrap().display(),
+                            i.optimizer.kind,
+                            config.optimizer.kind
+                        );
+                    }
+                    same
                 }),
             )
         }
