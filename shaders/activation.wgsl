@@ -31,13 +31,27 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     d_input[i] = select(0.0, d_output[i], output[i] > 0.0);
 }
 
+// tanh as the fast CPU executor computes it (src/exec/fast/kernels.rs tanh_approx, Cephes'
+// tanhf): an odd polynomial below |x| = 0.625, else 1 - 2 / (e^2|x| + 1) with the sign of x.
+// Not the builtin: WGSL bounds tanh's error absolutely, and llvmpipe's tanh(3e-4) is off by
+// 3.3e-5 relative (tests/ops/activation.rs); some drivers also compute it through exp(2x) and
+// return NaN for large |x|, hence the cap at 9 (tanh(9) rounds to 1 in f32).
+fn tanh_precise(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 0.625) {
+        let z = x * x;
+        return ((((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z
+            + 1.33314422036e-1) * z - 3.33332819422e-1) * z * x + x;
+    }
+    let e = exp(2.0 * min(a, 9.0));
+    return sign(x) * (1.0 - 2.0 / (e + 1.0));
+}
+
 @compute @workgroup_size(64)
 fn tanh_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = element(gid, groups);
     if (i >= run.batch * dims.per_sample) { return; }
-    // Some drivers compute tanh through exp(2x) and return NaN for large |x|; tanh(15) is
-    // already 1.0 in f32, so clamping first changes no result.
-    output[i] = tanh(clamp(input[i], -15.0, 15.0));
+    output[i] = tanh_precise(input[i]);
 }
 
 @compute @workgroup_size(64)

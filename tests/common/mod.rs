@@ -270,6 +270,7 @@ use wgcnn::exec::gpu::ops::{LayerResult, Ops};
 use wgcnn::exec::gpu::plan::Fused;
 use wgcnn::exec::gpu::{AdapterChoice, Gpu, Kernels};
 use wgcnn::ops::{Conv2dShape, DenseShape, Pool2dShape};
+use wgcnn::spec::Layer;
 
 pub struct Device {
     pub gpu: Arc<Gpu>,
@@ -384,6 +385,15 @@ pub trait OpRunner {
         d_y: &[f32],
         relu_mask: bool,
     ) -> Option<(Vec<f32>, Vec<f32>)>;
+    /// An elementwise activation (ReLU, tanh, sigmoid) over `batch` samples: output and input
+    /// gradient.
+    fn activation(
+        &self,
+        layer: Layer,
+        batch: usize,
+        x: &[f32],
+        d_y: &[f32],
+    ) -> (Vec<f32>, Vec<f32>);
 }
 
 /// The fast CPU executor's kernels.
@@ -465,6 +475,33 @@ impl OpRunner for FastRunner {
         }
         Some((y, dx))
     }
+    fn activation(
+        &self,
+        layer: Layer,
+        _batch: usize,
+        x: &[f32],
+        d_y: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        use wgcnn::ops as r;
+        let (mut y, mut dx) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        // The executor's own forward functions; its backward passes are the reference's.
+        match layer {
+            Layer::Relu => {
+                r::relu_forward(x, &mut y);
+                r::relu_backward(&y, d_y, &mut dx);
+            }
+            Layer::Tanh => {
+                fast::tanh_forward(x, &mut y);
+                r::tanh_backward(&y, d_y, &mut dx);
+            }
+            Layer::Sigmoid => {
+                fast::sigmoid_forward(x, &mut y);
+                r::sigmoid_backward(&y, d_y, &mut dx);
+            }
+            other => panic!("{other} is not an activation"),
+        }
+        (y, dx)
+    }
 }
 
 /// The GPU's kernels through [`Ops`], on one of the grids of [`gpu_ops`].
@@ -528,6 +565,15 @@ impl OpRunner for GpuRunner {
             return None; // only disjoint max pooling applies a ReLU mask on the GPU
         }
         Some(self.ops.pool2d_masked(max, s, x, d_y, relu_mask).unwrap())
+    }
+    fn activation(
+        &self,
+        layer: Layer,
+        batch: usize,
+        x: &[f32],
+        d_y: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        self.ops.activation(&layer, batch, x, d_y).unwrap()
     }
 }
 

@@ -180,8 +180,8 @@ impl FastCpu {
                 Layer::AvgPool2d { .. } => avg_pool2d_forward(&l.pool_shape(batch), x, y),
                 Layer::Flatten => unreachable!("handled above"),
                 Layer::Relu => per_sample(l.output.len(), batch, x, y, r::relu_forward),
-                Layer::Tanh => per_sample(l.output.len(), batch, x, y, r::tanh_forward),
-                Layer::Sigmoid => per_sample(l.output.len(), batch, x, y, r::sigmoid_forward),
+                Layer::Tanh => per_sample(l.output.len(), batch, x, y, tanh_forward),
+                Layer::Sigmoid => per_sample(l.output.len(), batch, x, y, sigmoid_forward),
                 Layer::Dropout { p } => match dropout {
                     Some(step) => dropout_apply(l, p, self.host.seed, step, batch, x, y),
                     None => y.copy_from_slice(x),
