@@ -38,6 +38,7 @@ import argparse
 import gzip
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -45,6 +46,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# The resident memory of the process once torch is imported (its libraries; a CUDA build of
+# PyTorch maps far more than a CPU-only one), before any data or model: bench/compare.py reports it
+# beside the peak. ru_maxrss is in KiB on Linux, in bytes on macOS.
+IMPORT_PEAK_MIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
@@ -193,7 +199,7 @@ def main():
         optimizer += f", weight decay {settings['weight_decay']}"
     result = {
         "model": a.model, "spec": spec, "loss": loss_kind, "parameters": parameters, "optimizer": optimizer,
-        "normalize": settings["normalize"], "data_dtype": a.data_dtype, "device": (f"PyTorch {torch.__version__} CPU, {torch.get_num_threads()} threads" if a.device == "cpu"
+        "normalize": settings["normalize"], "data_dtype": a.data_dtype, "import_peak_mib": IMPORT_PEAK_MIB, "device": (f"PyTorch {torch.__version__} CPU, {torch.get_num_threads()} threads" if a.device == "cpu"
                    else f"PyTorch {torch.__version__} CUDA {torch.cuda.get_device_name()}, TF32 {a.tf32}"),
         "batch_size": batch, "steps": a.steps, "repeats": a.repeats, "images_per_second": rates,
         "median_images_per_second": rate, "median_step_ms": 1000.0 * batch / rate, "epoch_seconds": len(labels) / rate,
