@@ -326,3 +326,31 @@ fn an_unknown_adapter_name_lists_the_adapters() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_json_names_the_network_and_its_parameter_count() {
+    // bench/compare.py checks PyTorch's twin of each network against these fields.
+    let out = wgcnn(&[
+        "bench",
+        "--model",
+        "relu-maxpool",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--limit-train",
+        "200",
+        "--json",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["spec"], "conv8k3-relu-maxpool2-dense10-softmax", "{v}");
+    // conv 8x(1x3x3)+8, then dense 10x(8x13x13)+10.
+    assert_eq!(v["parameters"], 80 + 13530, "{v}");
+    assert_eq!(v["batch_size"], 32, "{v}");
+    assert_eq!(v["train_images"], 200, "{v}");
+    assert!(v["median_images_per_second"].as_f64().unwrap() > 0.0, "{v}");
+}

@@ -142,6 +142,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let (train_set, test_set) = load_data(&args.data)?;
     let c = resolved.config;
     let train_len = train_set.len();
+    let parameters = net.parameter_count();
     super::check_memory(&net, c.batch_size, &args.device)?;
     let params = net.init_params(c.seed);
     let norm = preset_normalization(args.data.normalize, resolved.standardize);
@@ -240,6 +241,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         let value = serde_json::json!({
             "model": resolved.name,
             "spec": resolved.spec.to_string(),
+            "parameters": parameters,
             "device": r.device,
             "backend": if args.device.gpu { "gpu" } else if args.device.cpu_reference { "cpu-reference" } else { "cpu" },
             "batch_size": r.batch_size,
