@@ -424,24 +424,36 @@ pub fn gradient_transform(
 }
 
 /// `dst[j][i] = src[i][j]` for a `rows x cols` row-major `src`, in 16 x 16 blocks (with
-/// AVX-512, whole blocks in registers: sixteen loads, 64 shuffles, sixteen stores).
+/// AVX-512, whole blocks in registers: sixteen loads, 64 shuffles, sixteen stores; with AVX2,
+/// four 8 x 8 blocks in registers).
 pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
     #[cfg(target_arch = "x86_64")]
-    let avx512 = Isa::detect() == Isa::Avx512;
+    let isa = Isa::detect();
     for i0 in (0..rows).step_by(16) {
         for j0 in (0..cols).step_by(16) {
             #[cfg(target_arch = "x86_64")]
-            if avx512 && i0 + 16 <= rows && j0 + 16 <= cols {
-                // SAFETY: the CPU has AVX-512F; the block's 16 rows of 16 floats lie inside
-                // `src` (i0 + 16 <= rows, j0 + 16 <= cols) and inside `dst` likewise.
+            if isa != Isa::Portable && i0 + 16 <= rows && j0 + 16 <= cols {
+                // SAFETY: the CPU has the instruction set (AVX-512F, or AVX2 for the 8 x 8
+                // blocks); the block's 16 rows of 16 floats lie inside `src` (i0 + 16 <= rows,
+                // j0 + 16 <= cols) and inside `dst` likewise.
                 unsafe {
-                    transpose16_avx512(
+                    let (s, d) = (
                         src.as_ptr().add(i0 * cols + j0),
-                        cols,
                         dst.as_mut_ptr().add(j0 * rows + i0),
-                        rows,
-                    )
+                    );
+                    if isa == Isa::Avx512 {
+                        transpose16_avx512(s, cols, d, rows);
+                    } else {
+                        for (bi, bj) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
+                            transpose8_avx2(
+                                s.add(bi * cols + bj),
+                                cols,
+                                d.add(bj * rows + bi),
+                                rows,
+                            );
+                        }
+                    }
                 };
                 continue;
             }
@@ -451,6 +463,36 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+/// One 8 x 8 block: rows interleaved by 32 bits, then 64, then the 128-bit halves exchanged.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8_avx2(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
+    let mut t = [_mm256_setzero_ps(); 8];
+    for k in 0..4 {
+        t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    let mut u = [_mm256_setzero_ps(); 8];
+    for k in 0..2 {
+        u[4 * k] = _mm256_shuffle_ps::<0x44>(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 1] = _mm256_shuffle_ps::<0xee>(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 2] = _mm256_shuffle_ps::<0x44>(t[4 * k + 1], t[4 * k + 3]);
+        u[4 * k + 3] = _mm256_shuffle_ps::<0xee>(t[4 * k + 1], t[4 * k + 3]);
+    }
+    for j in 0..4 {
+        _mm256_storeu_ps(
+            dst.add(j * dst_stride),
+            _mm256_permute2f128_ps::<0x20>(u[j], u[4 + j]),
+        );
+        _mm256_storeu_ps(
+            dst.add((4 + j) * dst_stride),
+            _mm256_permute2f128_ps::<0x31>(u[j], u[4 + j]),
+        );
     }
 }
 
@@ -721,17 +763,28 @@ fn tile<const L: usize, const R: usize, const FMA: bool>(
     c: &mut [f32],
 ) {
     let inner = args.inner;
-    let a_rows: [&[f32]; R] = std::array::from_fn(|r| &a[(r0 + r) * args.lda..][..inner]);
+    // Row r of this block of `a`, and row i of `b` from column j0, by pointer: indexing slices
+    // here put five bounds checks in the inner loop, as many instructions as the multiply-adds.
+    assert!(
+        r0 + R <= args.rows
+            && j0 + L <= args.cols
+            && a.len() >= (r0 + R - 1) * args.lda + inner
+            && (inner == 0 || b.len() >= (inner - 1) * args.ldb + j0 + L)
+    );
+    let a_rows: [*const f32; R] = std::array::from_fn(|r| a[(r0 + r) * args.lda..].as_ptr());
     let mut acc = [[0.0f32; L]; R];
     if args.accumulate {
         for (r, acc) in acc.iter_mut().enumerate() {
             acc.copy_from_slice(&c[(r0 + r) * args.ldc + j0..][..L]);
         }
     }
+    let mut b_row = b[j0..].as_ptr();
     for i in 0..inner {
-        let bv: &[f32; L] = b[i * args.ldb + j0..][..L].try_into().unwrap();
+        // SAFETY: i < inner, so a_rows[r] + i lies in row r0 + r of `a` (asserted above), and
+        // b_row + L = b + i ldb + j0 + L <= b + (inner - 1) ldb + j0 + L <= b.len().
+        let bv: &[f32; L] = unsafe { &*(b_row as *const [f32; L]) };
         for (acc, a_row) in acc.iter_mut().zip(&a_rows) {
-            let av = a_row[i];
+            let av = unsafe { *a_row.add(i) };
             for (s, &bv) in acc.iter_mut().zip(bv) {
                 *s = if FMA {
                     av.mul_add(bv, *s)
@@ -740,6 +793,7 @@ fn tile<const L: usize, const R: usize, const FMA: bool>(
                 };
             }
         }
+        b_row = b_row.wrapping_add(args.ldb);
     }
     for (r, acc) in acc.iter().enumerate() {
         c[(r0 + r) * args.ldc + j0..][..L].copy_from_slice(acc);
