@@ -304,48 +304,12 @@ impl Executor for FastCpu {
             "a batch of {len}: this executor was built for up to {}",
             self.capacity
         );
-        let layers = self.host.net.layers.len();
-        let started = Instant::now();
-        gather(
-            &self.host.train,
-            &self.host.order[start..start + len],
-            self.host.norm,
-            &mut self.acts[0],
-            &mut self.labels,
-        );
-        record(&mut self.profile, 2 * layers, started);
-        self.forward(len, Some(step));
-        let started = Instant::now();
-        let classes = self.host.net.classes();
-        let logits = &self.acts.last().unwrap()[..len * classes];
-        let loss = loss_forward(self.host.net.loss(), classes, logits, &self.labels);
-        if !loss.is_finite() {
-            return Err(Diverged { step, loss }.into());
-        }
-        let correct = r::count_correct(classes, logits, &self.labels);
-        loss_backward_into(
-            self.host.net.loss(),
-            classes,
-            logits,
-            &self.labels,
-            &mut self.d_acts.last_mut().unwrap()[..len * classes],
-        );
-        record(&mut self.profile, 2 * layers + 1, started);
-        self.backward(len, step);
-        let started = Instant::now();
-        // In pieces, so that one large tensor (a dense layer's weight) is shared by all cores.
-        const PIECE: usize = 1 << 14;
-        let h = &mut self.host;
-        let params = h.params.iter_mut().zip(&self.grads);
-        for ((p, g), (m, v)) in params.zip(h.velocity.iter_mut().zip(&mut h.second)) {
-            p.par_chunks_mut(PIECE)
-                .zip(g.par_chunks(PIECE))
-                .zip(m.par_chunks_mut(PIECE).zip(v.par_chunks_mut(PIECE)))
-                .for_each(|((p, g), (m, v))| opt.update(step as u64 + 1, p, g, m, v));
-        }
-        record(&mut self.profile, 2 * layers + 2, started);
-        self.host.add_step(loss, correct, len);
-        Ok(())
+        // The whole step on one of rayon's workers: each op's parallel loop then starts inside
+        // the pool (one piece of work runs inline) instead of handing the op to the pool and
+        // waiting for it, about 5-10 us an op; the `batch1` preset's step was mostly that.
+        let mut result = Ok(());
+        rayon::scope(|_| result = self.train_step_here(start, len, step, opt));
+        result
     }
 
     fn evaluate(&mut self, split: Split) -> Result<Metrics> {
@@ -412,5 +376,59 @@ impl Executor for FastCpu {
 
     fn profile_method(&self) -> String {
         "each layer's pass timed between ops; steps computed as without profiling".into()
+    }
+}
+
+impl FastCpu {
+    /// [`Executor::train_step`] on the current thread (a rayon worker).
+    fn train_step_here(
+        &mut self,
+        start: usize,
+        len: usize,
+        step: u32,
+        opt: Optimizer,
+    ) -> Result<()> {
+        let layers = self.host.net.layers.len();
+        let started = Instant::now();
+        gather(
+            &self.host.train,
+            &self.host.order[start..start + len],
+            self.host.norm,
+            &mut self.acts[0],
+            &mut self.labels,
+        );
+        record(&mut self.profile, 2 * layers, started);
+        self.forward(len, Some(step));
+        let started = Instant::now();
+        let classes = self.host.net.classes();
+        let logits = &self.acts.last().unwrap()[..len * classes];
+        let loss = loss_forward(self.host.net.loss(), classes, logits, &self.labels);
+        if !loss.is_finite() {
+            return Err(Diverged { step, loss }.into());
+        }
+        let correct = r::count_correct(classes, logits, &self.labels);
+        loss_backward_into(
+            self.host.net.loss(),
+            classes,
+            logits,
+            &self.labels,
+            &mut self.d_acts.last_mut().unwrap()[..len * classes],
+        );
+        record(&mut self.profile, 2 * layers + 1, started);
+        self.backward(len, step);
+        let started = Instant::now();
+        // In pieces, so that one large tensor (a dense layer's weight) is shared by all cores.
+        const PIECE: usize = 1 << 14;
+        let h = &mut self.host;
+        let params = h.params.iter_mut().zip(&self.grads);
+        for ((p, g), (m, v)) in params.zip(h.velocity.iter_mut().zip(&mut h.second)) {
+            p.par_chunks_mut(PIECE)
+                .zip(g.par_chunks(PIECE))
+                .zip(m.par_chunks_mut(PIECE).zip(v.par_chunks_mut(PIECE)))
+                .for_each(|((p, g), (m, v))| opt.update(step as u64 + 1, p, g, m, v));
+        }
+        record(&mut self.profile, 2 * layers + 2, started);
+        self.host.add_step(loss, correct, len);
+        Ok(())
     }
 }
