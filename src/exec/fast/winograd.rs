@@ -389,13 +389,30 @@ pub fn gradient_transform(
         // Rows i of G₂ e: [a b], [(a+c)/2 (b+d)/2], [(a-c)/2 (b-d)/2], [-c -d]; then each row
         // (x0, x1) times G₂ᵀ: [x0, (x0+x1)/2, (x0-x1)/2, -x1] at points 4 i + j.
         for i in 0..4 {
-            for (t, (x0, x1)) in x0.iter_mut().zip(x1.iter_mut()).enumerate() {
-                (*x0, *x1) = match i {
-                    0 => (a[t], b[t]),
-                    1 => (0.5 * (a[t] + cc[t]), 0.5 * (b[t] + d[t])),
-                    2 => (0.5 * (a[t] - cc[t]), 0.5 * (b[t] - d[t])),
-                    _ => (-cc[t], -d[t]),
-                };
+            // (One loop per row of G₂ rather than a `match` inside one loop, which did not
+            // vectorise: the transform cost more than the weight gradient's products.)
+            let rows = x0.iter_mut().zip(x1.iter_mut());
+            let inputs = a.iter().zip(b).zip(cc.iter().zip(d));
+            match i {
+                0 => {
+                    x0.copy_from_slice(a);
+                    x1.copy_from_slice(b);
+                }
+                1 => {
+                    for ((x0, x1), ((&a, &b), (&c, &d))) in rows.zip(inputs) {
+                        (*x0, *x1) = (0.5 * (a + c), 0.5 * (b + d));
+                    }
+                }
+                2 => {
+                    for ((x0, x1), ((&a, &b), (&c, &d))) in rows.zip(inputs) {
+                        (*x0, *x1) = (0.5 * (a - c), 0.5 * (b - d));
+                    }
+                }
+                _ => {
+                    for ((x0, x1), (_, (&c, &d))) in rows.zip(inputs) {
+                        (*x0, *x1) = (-c, -d);
+                    }
+                }
             }
             let [o0, o1, o2, o3] = &mut out[4 * i..4 * i + 4] else {
                 unreachable!()
