@@ -31,8 +31,8 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     d_input[i] = select(0.0, d_output[i], output[i] > 0.0);
 }
 
-// tanh as the fast CPU executor computes it (src/exec/fast/kernels.rs tanh_approx, Cephes'
-// tanhf): an odd polynomial below |x| = 0.625, else 1 - 2 / (e^2|x| + 1) with the sign of x.
+// tanh as Cephes' tanhf computes it: an odd polynomial below |x| = 0.625, else
+// 1 - 2 / (e^2|x| + 1) with the sign of x (within 1 ulp with an exact exp).
 // Not the builtin: WGSL bounds tanh's error absolutely, and llvmpipe's tanh(3e-4) is off by
 // 3.3e-5 relative (tests/ops/activation.rs); some drivers also compute it through exp(2x) and
 // return NaN for large |x|, hence the cap at 9 (tanh(9) rounds to 1 in f32).

@@ -938,25 +938,29 @@ pub fn exp_approx(x: f32) -> f32 {
     p * f32::from_bits(biased << 23)
 }
 
-/// tanh, Cephes' `tanhf`: an odd polynomial below |x| = 0.625, else 1 - 2 / (e^2|x| + 1) with the
-/// sign of x (|x| capped at 9, where tanh is 1 in f32). Within 1 ulp of tanh, except that
-/// tanh(-0) is +0 (checked against f64 below).
+/// tanh as a rational function, Eigen's `ptanh_float`: `x P(x²) / Q(x²)` (degrees 13 and 6) on
+/// x clamped to ±7.905 (where tanh rounds to ±1), and x itself below 4e-4. Within 7 ulp of tanh
+/// (near |x| = 5.8, where that is 4e-7 absolute; checked against f64 below): the reference's libm
+/// tanhf is within 1, an earlier polynomial-or-exp version here within 1 at twice the cost. One
+/// division and no exponential: 0.8 ms for 590K values on one core here, against 1.7 ms for the
+/// exp-based version and ~9 ms for libm.
 #[inline(always)]
 pub fn tanh_approx(x: f32) -> f32 {
-    let a = x.abs();
-    let z = x * x;
-    let small =
-        ((((-5.704_988_7e-3 * z + 2.063_908_8e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-            - 3.333_328e-1)
-            * z
-            * x
-            + x;
-    let e = exp_approx((2.0 * a).clamp(0.0, 18.0));
-    let big = (1.0 - 2.0 / (e + 1.0)).copysign(x);
-    if a < 0.625 {
-        small
+    let xc = x.clamp(-7.905_311, 7.905_311);
+    let x2 = xc * xc;
+    let mut p = x2 * -2.760_768_5e-16 + 2.000_188e-13;
+    p = x2 * p + -8.604_672e-11;
+    p = x2 * p + 5.122_297e-8;
+    p = x2 * p + 1.485_722_4e-5;
+    p = x2 * p + 6.372_619_3e-4;
+    p = x2 * p + 4.893_524_6e-3;
+    let mut q = x2 * 1.198_258_4e-6 + 1.185_347e-4;
+    q = x2 * q + 2.268_434_6e-3;
+    q = x2 * q + 4.893_525e-3;
+    if x.abs() < 4e-4 {
+        x
     } else {
-        big
+        xc * p / q
     }
 }
 
@@ -1087,8 +1091,8 @@ mod tests {
     }
 
     /// Every 97th f32 in [-20, 20] (both signs, and the extremes and NaN) against f64: tanh within
-    /// 2 ulp of the correctly rounded value, sigmoid within 3 (or 1e-30 absolute where it
-    /// underflows), exp within 2 in its range; measured here 1, 2 and 1. A coefficient off by 0.1%
+    /// 8 ulp of the correctly rounded value, sigmoid within 3 (or 1e-30 absolute where it
+    /// underflows), exp within 2 in its range; measured here 7, 2 and 1. A coefficient off by 0.1%
     /// fails it (checked once).
     #[test]
     fn vectorised_transcendentals_are_within_a_few_ulp() {
@@ -1122,7 +1126,7 @@ mod tests {
                 worst_exp = worst_exp.max(ulps(exp_approx(x), (x as f64).exp()));
             }
         }
-        assert!(worst_tanh <= 2, "tanh: {worst_tanh} ulp");
+        assert!(worst_tanh <= 8, "tanh: {worst_tanh} ulp");
         assert!(worst_sigmoid <= 3, "sigmoid: {worst_sigmoid} ulp");
         assert!(worst_exp <= 2, "exp: {worst_exp} ulp");
         assert!(tanh_approx(f32::NAN).is_nan() && sigmoid_approx(f32::NAN).is_nan());
