@@ -9,8 +9,12 @@
 //! `epochs` (the run's planned epochs, which the schedule spans), `step` (optimizer steps taken),
 //! `batch_size`, `optimizer` (sgd, adam, adamw), `lr`, `momentum`, `beta1`, `beta2`, `eps`,
 //! `weight_decay`, `schedule` (constant, step, cosine, onecycle), `lr_decay`, `warmup`,
-//! `normalize_mean`, `normalize_std`. Checkpoints written before the optimizer and schedule
-//! fields existed load as SGD with the step schedule.
+//! `normalize_mean`, `normalize_std`, `classes` (the names of the network's outputs in label
+//! order, a JSON list of strings, e.g. `["T-shirt/top","Trouser",...]`). Checkpoints written before
+//! the optimizer and schedule fields existed load as SGD with the step schedule; those without
+//! `classes` name their classes by digit, "0" to "9" (they were all trained on MNIST).
+//! Class names are checked on loading like a data folder's `classes.txt`
+//! ([`crate::data::check_class_names`]): one per output, non-blank, no control characters.
 //!
 //! Writes are atomic: the file is written beside its destination under a temporary name, flushed,
 //! then renamed over it, so an interrupted save never leaves a broken checkpoint.
@@ -48,6 +52,8 @@ pub struct CheckpointInfo {
     pub optimizer: Optimizer,
     pub schedule: Schedule,
     pub normalization: Normalization,
+    /// The name of each output class, in label order (the digits for MNIST).
+    pub classes: Vec<String>,
 }
 
 /// The optimizer's state: the first buffer per parameter (SGD's momentum, Adam's `exp_avg`) and,
@@ -134,6 +140,7 @@ pub fn save(
         ("warmup", info.schedule.warmup.to_string()),
         ("normalize_mean", info.normalization.mean.to_string()),
         ("normalize_std", info.normalization.std.to_string()),
+        ("classes", serde_json::json!(info.classes).to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -392,6 +399,7 @@ pub fn load_bytes(
             mean: parse_meta(path, metadata, "normalize_mean")?,
             std: parse_meta(path, metadata, "normalize_std")?,
         },
+        classes: class_names(path, metadata, network.classes())?,
     };
     check_info(path, &info)?;
     let mut params = Vec::new();
@@ -448,6 +456,27 @@ pub fn load_bytes(
         params,
         state,
     })
+}
+
+/// The `classes` metadata: a JSON list of `outputs` names, each checked; the digits when absent
+/// (checkpoints written before class names were recorded were all trained on MNIST).
+fn class_names(
+    path: &Path,
+    metadata: &HashMap<String, String>,
+    outputs: usize,
+) -> Result<Vec<String>> {
+    let Some(text) = metadata.get("classes") else {
+        return Ok(crate::data::digit_classes());
+    };
+    let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
+        anyhow!(
+            "{}: metadata 'classes' is not a JSON list of strings ({e}); expected the class names in label order, e.g. [\"0\",\"1\",...]",
+            path.display()
+        )
+    })?;
+    crate::data::check_class_names(&names, outputs)
+        .map_err(|problem| anyhow!("{}: metadata 'classes': {problem}", path.display()))?;
+    Ok(names)
 }
 
 /// A metadata field that older checkpoints lack: `default` when absent.

@@ -1,4 +1,8 @@
-//! MNIST loading: IDX files (gzip-compressed or not) and the one-image-a-row CSV layout.
+//! MNIST loading: IDX files (gzip-compressed or not) and the one-image-a-row CSV layout, for
+//! MNIST and data sets laid out like it (Fashion-MNIST), and the names of their classes.
+//!
+//! A data folder names its classes in `classes.txt`, one name a line in label order
+//! (`assets/fashion-mnist/classes.txt`); a folder without one holds the digits 0-9, as MNIST.
 //!
 //! Everything read is checked: the IDX magic number and dimensions, that image and label counts
 //! agree, labels in 0..=9, pixel values in 0..=255, files that are truncated or too long, and gzip
@@ -99,6 +103,101 @@ impl Normalization {
     }
 }
 
+/// The file of a data folder that names its classes: one name a line, in label order (line 1
+/// names label 0). A folder without one holds the digits (MNIST): see [`class_names`].
+pub const CLASSES_FILE: &str = "classes.txt";
+
+/// The most characters a class name may have (names label tables and plots).
+pub const MAX_CLASS_NAME: usize = 40;
+
+/// The class names of a data set without a [`CLASSES_FILE`]: the digits "0" to "9", as MNIST.
+pub fn digit_classes() -> Vec<String> {
+    (0..NUM_CLASSES).map(|c| c.to_string()).collect()
+}
+
+/// What is wrong with `names` as the names of `count` classes, if anything: there must be
+/// exactly `count`, each non-blank, at most [`MAX_CLASS_NAME`] characters, without control
+/// characters (line breaks, tabs, escapes) and without spaces at either end, and no two alike.
+pub fn check_class_names(names: &[String], count: usize) -> Result<(), String> {
+    if names.len() != count {
+        return Err(format!(
+            "names {} classes; expected {count}, one per output of the network, in label order",
+            names.len()
+        ));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err(format!("class {i} has an empty name; expected a name"));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(format!(
+                "the name of class {i}, {name:?}, holds a control character; expected printable text"
+            ));
+        }
+        if name.trim() != name {
+            return Err(format!(
+                "the name of class {i}, {name:?}, starts or ends with a space; expected it trimmed"
+            ));
+        }
+        let length = name.chars().count();
+        if length > MAX_CLASS_NAME {
+            return Err(format!(
+                "the name of class {i} is {length} characters long; expected at most {MAX_CLASS_NAME}"
+            ));
+        }
+        if let Some(j) = names[..i].iter().position(|other| other == name) {
+            return Err(format!(
+                "classes {j} and {i} are both named {name:?}; expected a different name for each"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The class names `dir/classes.txt` gives, or `None` where the folder has no such file. Each
+/// line is one name, spaces at either end dropped; the names are checked with
+/// [`check_class_names`] for [`NUM_CLASSES`] classes.
+pub fn read_class_names(dir: &Path) -> Result<Option<Vec<String>>, DataError> {
+    let path = dir.join(CLASSES_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).map_err(|e| DataError {
+        path: path.clone(),
+        problem: format!("cannot read: {e}"),
+    })?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            return err(
+                &path,
+                format!(
+                    "not text (invalid UTF-8 at byte {}); expected one class name a line",
+                    e.valid_up_to()
+                ),
+            )
+        }
+    };
+    let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    // Blank lines at the end (an editor's) name nothing.
+    while names.last().is_some_and(|n| n.is_empty()) {
+        names.pop();
+    }
+    match check_class_names(&names, NUM_CLASSES) {
+        Ok(()) => Ok(Some(names)),
+        Err(problem) => err(
+            &path,
+            format!("{problem} (one name a line, line 1 for label 0)"),
+        ),
+    }
+}
+
+/// The class names of the data folder `dir`: those of its `classes.txt`, else the digits.
+pub fn class_names(dir: &Path) -> Result<Vec<String>, DataError> {
+    Ok(read_class_names(dir)?.unwrap_or_else(digit_classes))
+}
+
 /// Which half of MNIST.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -146,7 +245,7 @@ pub fn load_split(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     if !dir.is_dir() {
         return err(
             dir,
-            "no such directory; expected a folder holding the MNIST files (the default is assets/mnist)",
+            "no such directory; expected a folder holding the data set's IDX or CSV files (the default is assets/mnist, relative to the current folder)",
         );
     }
     let (image_stems, label_stems) = split.idx_stems();

@@ -7,12 +7,13 @@
 //! - [`exec`]: the [`exec::Executor`] trait and its three implementations, one folder each:
 //!   [`exec::reference`](mod@exec::reference) (the ops run as written), [`exec::fast`] (Winograd / SGEMM over all
 //!   cores) and [`exec::gpu`] (the WGSL kernels of `shaders/`).
-//! - [`data`]: MNIST from IDX (gzip or not) or CSV, every field checked.
+//! - [`data`]: MNIST and Fashion-MNIST from IDX (gzip or not) or CSV, every field checked, and
+//!   the names of a data set's classes.
 //! - [`spec`]: the layer catalogue, the network spec language and the named presets.
 //! - [`network`]: a spec resolved for an input shape: shapes, parameters (PyTorch names and
 //!   layouts), seeded initialisation.
 //! - [`train`]: the training loop, shared by every executor.
-//! - [`checkpoint`]: safetensors checkpoints PyTorch can read; atomic writes.
+//! - [`checkpoint`]: safetensors checkpoints PyTorch can read, naming their classes; atomic writes.
 //! - [`predict`]: a user's picture of a digit made to look like MNIST.
 //! - [`plot`]: training curves, confusion matrix and mistakes as PNG.
 //! - [`cli`]: the command line, one file per command (`train`, `eval`, `predict`, `bench`).

@@ -7,6 +7,7 @@ use std::sync::Once;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
 use crate::checkpoint::write_atomically;
@@ -140,13 +141,36 @@ pub struct Mistake<'a> {
     pub confidence: f32,
 }
 
-/// The confusion matrix (rows: true class, columns: predicted) and a grid of mistakes.
+/// `name` cut to `max` characters, an ellipsis marking the cut.
+fn fit(name: &str, max: usize) -> String {
+    if name.chars().count() <= max {
+        name.to_string()
+    } else {
+        let mut cut: String = name.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// The confusion matrix (rows: true class, columns: predicted), its rows and columns labelled
+/// with the class names (`names`, in label order; upright digits for MNIST, names turned a
+/// quarter under the columns otherwise), and a grid of mistakes captioned with the names.
 pub fn evaluation(
     path: &Path,
     confusion: &[[u64; 10]; 10],
     mistakes: &[Mistake<'_>],
+    names: &[String],
     title: &str,
 ) -> Result<()> {
+    // The longest label the matrix has room for (about 8 pixels a character at 14 points).
+    const LABEL_CHARS: usize = 14;
+    let named = names != crate::data::digit_classes();
+    let labels: Vec<String> = names.iter().map(|n| fit(n, LABEL_CHARS)).collect();
+    let label_area = if named {
+        15 + 9 * labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32
+    } else {
+        35
+    };
     register_font();
     let (width, height) = (1300u32, 640u32);
     let mut rgb = vec![255u8; (width * height * 3) as usize];
@@ -163,14 +187,15 @@ pub fn evaluation(
                 (FONT, 16),
             )
             .margin(15)
-            .x_label_area_size(35)
-            .y_label_area_size(35)
+            .x_label_area_size(label_area)
+            .y_label_area_size(label_area)
             .build_cartesian_2d(0f64..10.0, 0f64..10.0)
             .map_err(err("the matrix axes"))?;
-        let digit = |v: f64| -> String {
+        // A label at each cell's centre: the class of column x, or of row y counted from the top.
+        let class = |v: f64| -> String {
             let d = v - 0.5;
             if (d - d.round()).abs() < 1e-6 && (0.0..=9.0).contains(&d) {
-                format!("{}", d.round())
+                labels[d.round() as usize].clone()
             } else {
                 String::new()
             }
@@ -180,15 +205,32 @@ pub fn evaluation(
             .disable_mesh()
             .x_labels(21)
             .y_labels(21)
-            .x_label_formatter(&|x| digit(*x))
-            .y_label_formatter(&|y| digit(9.0 - *y + 1.0))
+            // Names under the columns are drawn below, turned (plotters centres turned labels
+            // on the axis).
+            .x_label_formatter(&|x| if named { String::new() } else { class(*x) })
+            .y_label_formatter(&|y| class(9.0 - *y + 1.0))
             .label_style((FONT, 14))
             .draw()
             .map_err(err("the matrix labels"))?;
-        let centred = plotters::style::text_anchor::Pos::new(
-            plotters::style::text_anchor::HPos::Center,
-            plotters::style::text_anchor::VPos::Center,
-        );
+        if named {
+            // Each name reads downwards from just below its column.
+            let style = (FONT, 14)
+                .into_font()
+                .transform(FontTransform::Rotate90)
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Left, VPos::Center));
+            let (bx, by) = left.get_base_pixel();
+            for (c, label) in labels.iter().enumerate() {
+                let (x, y) = chart.backend_coord(&(c as f64 + 0.5, 0.0));
+                left.draw(&Text::new(
+                    label.clone(),
+                    (x - bx, y - by + 8),
+                    style.clone(),
+                ))
+                .map_err(err("a column label"))?;
+            }
+        }
+        let centred = Pos::new(HPos::Center, VPos::Center);
         for (truth, row) in confusion.iter().enumerate() {
             let total = row.iter().sum::<u64>().max(1) as f64;
             for (predicted, &count) in row.iter().enumerate() {
@@ -229,8 +271,9 @@ pub fn evaluation(
             ))
             .map_err(err("the grid title"))?;
         let scale = 3i32;
-        let cell_w = 150i32;
-        let cell_h = 28 * scale + 30;
+        let cell_w = 160i32;
+        // Named classes take two lines: "Shirt ->" above "T-shirt/top (98.1%)".
+        let cell_h = 28 * scale + if named { 40 } else { 30 };
         for (i, m) in mistakes.iter().enumerate() {
             let (col, row) = ((i % 4) as i32, (i / 4) as i32);
             let (x0, y0) = (10 + col * cell_w, 40 + row * cell_h);
@@ -250,18 +293,24 @@ pub fn evaluation(
                     ))
                     .map_err(err("a pixel"))?;
             }
-            right
-                .draw(&Text::new(
-                    format!(
-                        "{} -> {} ({:.1}%)",
-                        m.label,
-                        m.predicted,
-                        100.0 * m.confidence
-                    ),
-                    (x0, y0 + 28 * scale + 4),
-                    (FONT, 14),
-                ))
-                .map_err(err("a caption"))?;
+            let confidence = format!("({:.1}%)", 100.0 * m.confidence);
+            let caption = if named {
+                vec![
+                    format!("{} ->", fit(&names[m.label], 17)),
+                    format!("{} {confidence}", fit(&names[m.predicted], 11)),
+                ]
+            } else {
+                vec![format!("{} -> {} {confidence}", m.label, m.predicted)]
+            };
+            for (line, text) in caption.into_iter().enumerate() {
+                right
+                    .draw(&Text::new(
+                        text,
+                        (x0, y0 + 28 * scale + 4 + 16 * line as i32),
+                        (FONT, if named { 13 } else { 14 }),
+                    ))
+                    .map_err(err("a caption"))?;
+            }
         }
         root.present().map_err(err("the picture"))?;
     }

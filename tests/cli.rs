@@ -354,3 +354,241 @@ fn bench_json_names_the_network_and_its_parameter_count() {
     assert_eq!(v["train_images"], 200, "{v}");
     assert!(v["median_images_per_second"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+/// Fashion-MNIST's classes, by label.
+const FASHION: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+#[test]
+fn fashion_mnist_by_name_trains_and_every_output_names_its_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("f.safetensors");
+    let metrics = dir.path().join("f.jsonl");
+    let train = |data: &[&str], save: bool| {
+        let mut args = vec![
+            "train",
+            "--model",
+            "relu-maxpool",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "1000",
+            "--limit-test",
+            "300",
+        ];
+        args.extend(data);
+        if save {
+            args.extend([
+                "--save",
+                model.to_str().unwrap(),
+                "--metrics",
+                metrics.to_str().unwrap(),
+            ]);
+        }
+        let out = wgcnn(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+    let stdout = train(&["--dataset", "fashion-mnist"], true);
+    assert!(
+        stdout.contains("1000 training images, 300 test images from assets/fashion-mnist")
+            && stdout.contains(&format!("classes: {}", FASHION.join(", "))),
+        "{stdout}"
+    );
+    let accs = test_accuracies(&stdout);
+    // Chance is 10%; 1000 pictures of clothes for one epoch give this network about 70%.
+    assert!(accs[0] > 50.0, "{stdout}");
+    // --dataset NAME is --data assets/NAME: the same run.
+    let same = train(&["--data", "assets/fashion-mnist"], false);
+    assert_eq!(test_accuracies(&same), accs, "{same}");
+    // The metrics list the classes.
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+    assert_eq!(line["classes"], serde_json::json!(FASHION), "{line}");
+
+    // eval, without --data: the shipped data set whose classes the model names, the confusion
+    // matrix's rows and the predictions named.
+    let predictions = dir.path().join("p.csv");
+    let out = wgcnn(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--limit-test",
+        "300",
+        "--predictions",
+        predictions.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("data: 300 test images from assets/fashion-mnist")
+            && stdout.contains(&format!("accuracy {:.2}%", accs[0]))
+            && stdout.contains("rows: true class"),
+        "{stdout}"
+    );
+    for (i, name) in FASHION.iter().enumerate() {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{i} {name} "))
+                    && l.trim_end().ends_with('%')),
+            "no row for {name}:\n{stdout}"
+        );
+    }
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let csv = std::fs::read_to_string(&predictions).unwrap();
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next(),
+        Some("index,label,predicted,probability,label_name,predicted_name")
+    );
+    // The first test picture is an ankle boot (label 9).
+    let first: Vec<&str> = rows.next().unwrap().split(',').collect();
+    assert_eq!((first[1], first[4]), ("9", "Ankle boot"), "{csv}");
+    let predicted: usize = first[2].parse().unwrap();
+    assert_eq!(first[5], FASHION[predicted], "{csv}");
+    assert_eq!(rows.count(), 299);
+    // eval on the digits: done, but warned.
+    let out = wgcnn(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        "mnist",
+        "--limit-test",
+        "50",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("names its classes T-shirt/top, Trouser")
+            && stderr.contains("assets/mnist holds 0, 1, 2")
+            && stderr.contains("(it has no classes.txt)"),
+        "{stderr}"
+    );
+
+    // predict names the class: the first test picture (an ankle boot) as a PNG.
+    let test = wgcnn::data::load_split(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"),
+        wgcnn::data::Split::Test,
+    )
+    .unwrap();
+    let picture = dir.path().join("boot.png");
+    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
+        .unwrap()
+        .save(&picture)
+        .unwrap();
+    let out = wgcnn(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        picture.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let ranked = stdout.split(": ").nth(1).expect("PATH: ranked classes");
+    let named: Vec<&str> = ranked
+        .split(", ")
+        .map(|c| c.rsplit_once(" (").expect("NAME (P%)").0)
+        .collect();
+    assert_eq!(named.len(), 3, "{stdout}");
+    assert!(named.iter().all(|n| FASHION.contains(n)), "{stdout}");
+
+    // Resuming without --data continues on the data set the checkpoint names; with another,
+    // says so.
+    for (data, from, note) in [
+        (None, "from assets/fashion-mnist", false),
+        (Some("mnist"), "from assets/mnist", true),
+    ] {
+        let mut args = vec![
+            "train",
+            "--resume",
+            model.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--limit-train",
+            "200",
+            "--limit-test",
+            "50",
+        ];
+        if let Some(name) = data {
+            args.extend(["--dataset", name]);
+        }
+        let out = wgcnn(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains(from), "{stdout}");
+        assert_eq!(
+            stderr.contains("note: ") && stderr.contains("under the data's names"),
+            note,
+            "{stderr}"
+        );
+    }
+
+    // bench takes it too.
+    let out = wgcnn(&[
+        "bench",
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "relu-maxpool",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
+#[test]
+fn dataset_and_data_together_or_an_unknown_name_are_refused() {
+    for command in ["train", "eval", "bench"] {
+        let out = wgcnn(&[
+            command,
+            "--dataset",
+            "fashion-mnist",
+            "--data",
+            "assets/mnist",
+            "--model",
+            "x",
+        ]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{command}");
+        assert!(
+            stderr.contains("'--dataset <NAME>' cannot be used with '--data <DIR>'"),
+            "{command}: {stderr}"
+        );
+    }
+    let (_, stderr) = text(&wgcnn(&["train", "--dataset", "kmnist"]));
+    assert!(
+        stderr.contains("invalid value 'kmnist' for '--dataset <NAME>'")
+            && stderr.contains("[possible values: mnist, fashion-mnist]"),
+        "{stderr}"
+    );
+    // Both are explained.
+    for command in ["train", "eval", "bench"] {
+        let (stdout, _) = text(&wgcnn(&[command, "--help"]));
+        for needle in [
+            "--data <DIR>",
+            "classes.txt",
+            "--dataset <NAME>",
+            "fashion-mnist",
+        ] {
+            assert!(stdout.contains(needle), "{command} --help lacks {needle}");
+        }
+    }
+}

@@ -3,7 +3,24 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use wgcnn::data::{load_csv, load_idx_pair, load_split, Split, IMAGE_PIXELS};
+use wgcnn::data::{
+    class_names, digit_classes, load_csv, load_idx_pair, load_split, read_class_names, Split,
+    IMAGE_PIXELS,
+};
+
+/// Fashion-MNIST's classes, by label, as Zalando names them.
+const FASHION: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 fn idx_images(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 8, 3];
@@ -60,6 +77,101 @@ fn the_shipped_mnist_files_load_with_the_published_checks() {
     assert_eq!(&train.labels[..10], &[5, 0, 4, 1, 9, 2, 1, 3, 1, 4]);
     assert_eq!(train.labels.iter().filter(|&&l| l == 0).count(), 5923);
     assert_eq!(test.labels.iter().filter(|&&l| l == 0).count(), 980);
+}
+
+#[test]
+fn the_shipped_fashion_mnist_files_load_with_the_published_checks_and_names() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist");
+    let train = load_split(&dir, Split::Train).unwrap();
+    let test = load_split(&dir, Split::Test).unwrap();
+    assert_eq!((train.len(), test.len()), (60000, 10000));
+    assert_eq!(train.images.len(), 60000 * IMAGE_PIXELS);
+    assert_eq!(test.images.len(), 10000 * IMAGE_PIXELS);
+    // From assets/fashion-mnist/README.md: the first ten labels of each split, and every class
+    // with 6000 training and 1000 test images.
+    assert_eq!(&train.labels[..10], &[9, 0, 0, 3, 0, 2, 7, 2, 5, 5]);
+    assert_eq!(&test.labels[..10], &[9, 2, 1, 1, 6, 1, 4, 6, 5, 7]);
+    for (set, each) in [(&train, 6000), (&test, 1000)] {
+        let mut histogram = [0usize; 10];
+        for &l in &set.labels {
+            histogram[l as usize] += 1;
+        }
+        assert_eq!(histogram, [each; 10], "{}", set.source);
+    }
+    // Not MNIST under another name: the first training image differs.
+    let mnist = load_split(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist"),
+        Split::Train,
+    )
+    .unwrap();
+    assert_ne!(train.image(0), mnist.image(0));
+    // Its classes.txt names the classes; MNIST's folder has none, so its classes are the digits.
+    assert_eq!(class_names(&dir).unwrap(), FASHION);
+    let digits = class_names(&Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist")).unwrap();
+    assert_eq!(digits, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    assert_eq!(digits, digit_classes());
+}
+
+#[test]
+fn classes_txt_names_the_classes_and_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    // No classes.txt: the digits.
+    assert_eq!(read_class_names(dir.path()).unwrap(), None);
+    assert_eq!(class_names(dir.path()).unwrap(), digit_classes());
+    // One name a line; a byte-order mark, CRLF line ends, spaces at either end of a line and
+    // blank lines at the end are forgiven.
+    let text = format!("\u{feff}{}\r\n\r\n\n", FASHION.join("  \r\n "));
+    write(dir.path(), "classes.txt", text.as_bytes());
+    assert_eq!(class_names(dir.path()).unwrap(), FASHION);
+    // Each problem names the file and what was expected.
+    let mut dup = FASHION;
+    dup[6] = "T-shirt/top";
+    let mut control = FASHION;
+    control[4] = "Coat\u{1b}[31m";
+    let mut tab = FASHION;
+    tab[8] = "B\ta\tg";
+    let long = "x".repeat(41);
+    let mut too_long = FASHION;
+    too_long[9] = &long;
+    for (content, needle) in [
+        (FASHION[..9].join("\n"), "names 9 classes; expected 10"),
+        (
+            format!("{}\nExtra", FASHION.join("\n")),
+            "names 11 classes; expected 10",
+        ),
+        (
+            FASHION.join("\n").replace("Dress", ""),
+            "class 3 has an empty name",
+        ),
+        (
+            FASHION.join("\n").replace("Dress", "   "),
+            "class 3 has an empty name",
+        ),
+        (
+            control.join("\n"),
+            "the name of class 4, \"Coat\\u{1b}[31m\", holds a control character",
+        ),
+        (tab.join("\n"), "class 8"),
+        (
+            dup.join("\n"),
+            "classes 0 and 6 are both named \"T-shirt/top\"",
+        ),
+        (
+            too_long.join("\n"),
+            "the name of class 9 is 41 characters long; expected at most 40",
+        ),
+        (String::new(), "names 0 classes; expected 10"),
+    ] {
+        write(dir.path(), "classes.txt", content.as_bytes());
+        let e = class_names(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("classes.txt: ") && e.contains(needle) && e.contains("one name a line"),
+            "{needle}: {e}"
+        );
+    }
+    write(dir.path(), "classes.txt", b"\xff\xfe0\n1");
+    let e = class_names(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("classes.txt: not text"), "{e}");
 }
 
 #[test]

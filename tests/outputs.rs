@@ -47,6 +47,7 @@ fn info(spec: &NetSpec, epoch: usize) -> CheckpointInfo {
             ..Schedule::default()
         },
         normalization: Normalization::UNIT,
+        classes: wgcnn::data::digit_classes(),
     }
 }
 
@@ -133,6 +134,147 @@ fn rewrite(path: &Path, out: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, 
         .collect();
     let out_bytes = safetensors::serialize(views, header.metadata().clone()).unwrap();
     std::fs::write(out, out_bytes).unwrap();
+}
+
+/// Fashion-MNIST's classes, by label.
+const FASHION: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// Rewrite a checkpoint's metadata through `edit`, keeping its tensors.
+fn rewrite_metadata(
+    path: &Path,
+    out: &Path,
+    edit: impl Fn(&mut std::collections::HashMap<String, String>),
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    edit(&mut meta);
+    let views: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+    std::fs::write(out, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+/// A model names its own classes: saved with it, loaded back, the digits for checkpoints written
+/// before names were recorded, and malformed names refused naming the file and the field.
+#[test]
+fn checkpoints_keep_their_class_names_and_refuse_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (net, mut exec) = trained("conv8k3-relu-maxpool2-dense10");
+    let params = exec.parameters().unwrap();
+    let named = CheckpointInfo {
+        classes: FASHION.map(String::from).to_vec(),
+        ..info(&net.spec, 1)
+    };
+    let path = dir.path().join("fashion.safetensors");
+    checkpoint::save(&path, &net, &params, None, &named).unwrap();
+    let ck = checkpoint::load(&path, MNIST, None).unwrap();
+    assert_eq!(ck.info, named);
+    // Stored as a JSON list of strings, which other tools read as they are.
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let stored: Vec<String> =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["classes"]).unwrap();
+    assert_eq!(stored, FASHION);
+
+    // A checkpoint written before class names were recorded: the digits.
+    let old = dir.path().join("old.safetensors");
+    rewrite_metadata(&path, &old, |m| {
+        m.remove("classes");
+    });
+    let ck = checkpoint::load(&old, MNIST, None).unwrap();
+    assert_eq!(ck.info.classes, wgcnn::data::digit_classes());
+    assert_eq!(ck.params, params);
+
+    let json = |names: &[&str]| serde_json::to_string(names).unwrap();
+    let with = |i: usize, name: &str| {
+        let mut names = FASHION;
+        names[i] = name;
+        json(&names)
+    };
+    let long = "x".repeat(41);
+    for (value, needle) in [
+        (
+            "\"T-shirt/top\"".to_string(),
+            "metadata 'classes' is not a JSON list of strings",
+        ),
+        (
+            "[0,1,2,3,4,5,6,7,8,9]".to_string(),
+            "metadata 'classes' is not a JSON list of strings",
+        ),
+        (
+            "[\"T-shirt/top\"".to_string(),
+            "metadata 'classes' is not a JSON list of strings",
+        ),
+        (
+            json(&FASHION[..9]),
+            "metadata 'classes': names 9 classes; expected 10, one per output",
+        ),
+        (
+            json(&[&FASHION[..], &["Hat"]].concat()),
+            "metadata 'classes': names 11 classes; expected 10",
+        ),
+        (with(3, ""), "metadata 'classes': class 3 has an empty name"),
+        (with(3, " \t "), "metadata 'classes': class 3 has an empty name"),
+        (
+            with(4, "Coat\u{1b}[31m"),
+            "metadata 'classes': the name of class 4, \"Coat\\u{1b}[31m\", holds a control character",
+        ),
+        (
+            with(8, "Bag\nShoe"),
+            "metadata 'classes': the name of class 8, \"Bag\\nShoe\", holds a control character",
+        ),
+        (
+            with(8, " Bag"),
+            "metadata 'classes': the name of class 8, \" Bag\", starts or ends with a space",
+        ),
+        (
+            with(6, "T-shirt/top"),
+            "metadata 'classes': classes 0 and 6 are both named \"T-shirt/top\"",
+        ),
+        (
+            with(9, &long),
+            "metadata 'classes': the name of class 9 is 41 characters long; expected at most 40",
+        ),
+    ] {
+        let bad = dir.path().join("bad.safetensors");
+        rewrite_metadata(&path, &bad, |m| {
+            m.insert("classes".into(), value.clone());
+        });
+        let e = checkpoint::load(&bad, MNIST, None)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("bad.safetensors: {needle}")), "{e}");
+        // The commands that read a checkpoint say the same, and do not panic.
+        for args in [
+            vec!["eval", "--model", bad.to_str().unwrap(), "--limit-test", "5"],
+            vec!["predict", "--model", bad.to_str().unwrap(), "x.png"],
+            vec!["train", "--resume", bad.to_str().unwrap(), "--limit-train", "5"],
+        ] {
+            let out = wgcnn(&args);
+            let (_, stderr) = text(&out);
+            assert!(!out.status.success(), "{args:?}");
+            assert!(
+                stderr.contains(needle) && !stderr.contains("panicked"),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -139,7 +139,7 @@ pub struct BenchArgs {
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let resolved = resolve_model(&args.model, &super::ScheduleArgs::default(), None)?;
     let net = mnist_network(&resolved.spec)?;
-    let (train_set, test_set) = load_data(&args.data)?;
+    let (train_set, test_set) = load_data(&args.data, &args.data.folder())?;
     let c = resolved.config;
     let train_len = train_set.len();
     let parameters = net.parameter_count();

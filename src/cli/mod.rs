@@ -37,7 +37,7 @@ use crate::train::TrainConfig;
 #[command(
     name = "wgcnn",
     version,
-    about = "Train convolutional networks on MNIST, on the CPU or on any GPU through WGSL compute shaders"
+    about = "Train convolutional networks on MNIST or Fashion-MNIST, on the CPU or on any GPU through WGSL compute shaders"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -46,11 +46,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a network on MNIST and print loss and accuracy after each epoch.
+    /// Train a network on MNIST (or --dataset fashion-mnist) and print loss and accuracy after each epoch.
     Train(TrainArgs),
     /// Evaluate a saved model on the test set: loss, accuracy and the confusion matrix.
     Eval(EvalArgs),
-    /// Classify pictures of digits (PNG, JPEG, BMP) with a saved model.
+    /// Classify pictures (PNG, JPEG, BMP) with a saved model, naming the classes it was trained on.
     Predict(PredictArgs),
     /// Measure training speed: images per second and time per epoch, medians of several runs.
     Bench(BenchArgs),
@@ -119,12 +119,39 @@ pub struct ScheduleArgs {
     pub lr_decay: Option<f32>,
 }
 
+/// The data sets shipped in `assets/`, for `--dataset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatasetName {
+    /// MNIST's handwritten digits, assets/mnist
+    Mnist,
+    /// Zalando's Fashion-MNIST, pictures of clothes, assets/fashion-mnist
+    FashionMnist,
+}
+
+impl DatasetName {
+    /// Its folder, relative to the current one (as `--data`'s default).
+    pub fn folder(self) -> PathBuf {
+        PathBuf::from(match self {
+            DatasetName::Mnist => "assets/mnist",
+            DatasetName::FashionMnist => "assets/fashion-mnist",
+        })
+    }
+}
+
+/// `--data`'s default.
+pub const DEFAULT_DATA: &str = "assets/mnist";
+
 /// Where the data comes from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
-    /// Folder holding the MNIST IDX files (gzip or not) or mnist_train.csv / mnist_test.csv.
-    #[arg(long, default_value = "assets/mnist")]
-    pub data: PathBuf,
+    /// Folder holding the data set: IDX files (gzip or not) or mnist_train.csv / mnist_test.csv,
+    /// and classes.txt naming the classes, one a line in label order (without it, the digits 0-9)
+    /// [default: assets/mnist].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// A shipped data set by name, short for --data assets/NAME (not with --data).
+    #[arg(long, value_enum, value_name = "NAME", conflicts_with = "data")]
+    pub dataset: Option<DatasetName>,
     /// Train on the first N training images only [default: all 60000].
     #[arg(long, value_name = "N")]
     pub limit_train: Option<usize>,
@@ -311,10 +338,36 @@ pub(crate) fn check_config(config: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Load both splits from `--data`, applying the limits.
-pub fn load_data(args: &DataArgs) -> Result<(Dataset, Dataset)> {
-    let mut train = data::load_split(&args.data, Split::Train)?;
-    let mut test = data::load_split(&args.data, Split::Test)?;
+impl DataArgs {
+    /// The folder `--data` or `--dataset` names, if either is given.
+    pub fn chosen_folder(&self) -> Option<PathBuf> {
+        self.data
+            .clone()
+            .or_else(|| self.dataset.map(DatasetName::folder))
+    }
+
+    /// The folder `--data` or `--dataset` names, else `assets/mnist`.
+    pub fn folder(&self) -> PathBuf {
+        self.chosen_folder()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))
+    }
+}
+
+/// The folder of the shipped data set (`--dataset`) whose classes are `names`; `assets/mnist`
+/// if none is.
+pub(crate) fn shipped_folder_of(names: &[String]) -> PathBuf {
+    DatasetName::value_variants()
+        .iter()
+        .map(|d| d.folder())
+        .find(|folder| folder.is_dir() && data::class_names(folder).is_ok_and(|n| n == names))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))
+}
+
+/// Load both splits from `folder` (`args.folder()` but where a command chooses its own default),
+/// applying the limits of `args`.
+pub fn load_data(args: &DataArgs, folder: &std::path::Path) -> Result<(Dataset, Dataset)> {
+    let mut train = data::load_split(folder, Split::Train)?;
+    let mut test = data::load_split(folder, Split::Test)?;
     for (set, limit, flag) in [
         (&mut train, args.limit_train, "--limit-train"),
         (&mut test, args.limit_test, "--limit-test"),

@@ -1,4 +1,5 @@
-//! `wgcnn predict`: classify a user's pictures of digits with a checkpoint.
+//! `wgcnn predict`: classify a user's pictures with a checkpoint, naming the classes as the
+//! checkpoint does (digits for MNIST, clothes for Fashion-MNIST).
 
 use std::path::PathBuf;
 
@@ -13,7 +14,8 @@ pub struct PredictArgs {
     /// A checkpoint written by `train --save`.
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
-    /// Pictures of single digits: PNG, JPEG or BMP, any size, dark on light or light on dark.
+    /// Pictures of one digit (or one piece of clothing, for a Fashion-MNIST model) each: PNG, JPEG
+    /// or BMP, any size, dark on light or light on dark; framed as MNIST frames its digits.
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
     /// Write the 28x28 image the network saw for each picture into this folder, as NAME.seen.png.
@@ -42,7 +44,7 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
             let top: Vec<String> = predict::ranked(&probs)
                 .iter()
                 .take(3)
-                .map(|(c, p)| format!("{c} ({:.1}%)", 100.0 * p))
+                .map(|&(c, p)| format!("{} ({:.1}%)", ck.info.classes[c], 100.0 * p))
                 .collect();
             println!("{}: {}", path.display(), top.join(", "));
             if let Some(dir) = &args.show {

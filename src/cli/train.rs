@@ -10,12 +10,14 @@ use super::{
     train_config, DataArgs, DeviceArgs, ModelArgs, ScheduleArgs, CUSTOM_DEFAULTS, MNIST_INPUT,
 };
 use crate::checkpoint::{self, CheckpointInfo, OptimizerState};
+use crate::data;
 use crate::exec::{Executor, Optimizer, OptimizerKind};
 use crate::plot;
 use crate::spec::{self, NetSpec};
 use crate::train;
 
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("data", |a| a.help(TRAIN_DATA_HELP)))]
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -44,13 +46,16 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
     /// Append one JSON object per epoch to this file (epoch, losses, accuracies, seconds, images/s,
-    /// the learning rate of the epoch's last step, device).
+    /// the learning rate of the epoch's last step, device, model, the class names).
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<PathBuf>,
     /// Print only the final summary.
     #[arg(long)]
     pub quiet: bool,
 }
+
+/// `--data`'s help for `train`, whose default follows --resume's checkpoint.
+const TRAIN_DATA_HELP: &str = "Folder holding the data set: IDX files (gzip or not) or mnist_train.csv / mnist_test.csv, and classes.txt naming the classes, one a line in label order (without it, the digits 0-9) [default: assets/mnist]; with --resume, the shipped data set whose classes the checkpoint names";
 
 /// What `train` reports to: the progress bar, the epoch lines, and the per-epoch outputs
 /// (metrics file, checkpoint, plot).
@@ -108,6 +113,7 @@ impl train::Observer for Reporter<'_> {
                 "lr": r.lr,
                 "device": self.device,
                 "model": self.model,
+                "classes": self.info.classes,
             });
             writeln!(file, "{line}")
                 .and_then(|_| file.flush())
@@ -165,6 +171,14 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .as_ref()
         .map(|path| checkpoint::load(path, input, None))
         .transpose()?;
+    // The data: --data or --dataset; else, resuming, the shipped data set whose classes the
+    // checkpoint names; else assets/mnist. Checkpoints record the names of its classes.
+    let data_folder = match (args.data.chosen_folder(), &resumed) {
+        (Some(folder), _) => folder,
+        (None, Some(ck)) => super::shipped_folder_of(&ck.info.classes),
+        (None, None) => args.data.folder(),
+    };
+    let classes = data::class_names(&data_folder)?;
     let (name, spec, config, norm, first_epoch, params, state) = match resumed {
         Some(ck) => {
             if let Some(model) = &args.model.model {
@@ -180,6 +194,15 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 );
             }
             let i = &ck.info;
+            if i.classes != classes {
+                eprintln!(
+                    "note: {} names its classes {}, but {} holds {}; the model continues on the data, under the data's names",
+                    args.resume.as_ref().unwrap().display(),
+                    i.classes.join(", "),
+                    data_folder.display(),
+                    classes.join(", ")
+                );
+            }
             // The checkpoint's settings are the defaults; the run's planned length too, so that
             // a schedule goes on as it would have (one more epoch when the plan is done).
             let defaults = spec::Preset {
@@ -254,7 +277,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     };
     let net = mnist_network(&spec)?;
     super::check_memory(&net, config.batch_size, &args.device)?;
-    let (train_set, test_set) = load_data(&args.data)?;
+    let (train_set, test_set) = load_data(&args.data, &data_folder)?;
     let c = config;
     let say = |line: String| {
         if !args.quiet {
@@ -269,8 +292,11 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         "data: {} training images, {} test images from {}",
         train_set.len(),
         test_set.len(),
-        args.data.data.display()
+        data_folder.display()
     ));
+    if classes != data::digit_classes() {
+        say(format!("classes: {}", classes.join(", ")));
+    }
     let last_epoch = args.stop_after.unwrap_or(c.epochs).min(c.epochs);
     anyhow::ensure!(
         last_epoch >= first_epoch || first_epoch > c.epochs,
@@ -344,6 +370,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             optimizer: c.optimizer,
             schedule: c.schedule,
             normalization: norm,
+            classes,
         },
         steps_per_epoch: steps_per_epoch as u64,
     };
