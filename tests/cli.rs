@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{text, wgcnn};
+use common::{text, wgcnn, FASHION};
 
 /// The test accuracy of each epoch line, in percent.
 fn test_accuracies(stdout: &str) -> Vec<f64> {
@@ -354,20 +354,6 @@ fn bench_json_names_the_network_and_its_parameter_count() {
     assert_eq!(v["train_images"], 200, "{v}");
     assert!(v["median_images_per_second"].as_f64().unwrap() > 0.0, "{v}");
 }
-
-/// Fashion-MNIST's classes, by label.
-const FASHION: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
 
 #[test]
 fn fashion_mnist_by_name_trains_and_every_output_names_its_classes() {

@@ -3,24 +3,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::FASHION;
 use wgcnn::data::{
     class_names, digit_classes, load_csv, load_idx_pair, load_split, read_class_names, Split,
     IMAGE_PIXELS,
 };
-
-/// Fashion-MNIST's classes, by label, as Zalando names them.
-const FASHION: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
 
 fn idx_images(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 8, 3];

@@ -6,7 +6,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{text, wgcnn};
+use common::{text, wgcnn, FASHION};
 use image::{GrayImage, Luma};
 use wgcnn::checkpoint::{self, CheckpointInfo, OptimizerState};
 use wgcnn::data::{load_split, Dataset, Normalization, Split};
@@ -135,20 +135,6 @@ fn rewrite(path: &Path, out: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, 
     let out_bytes = safetensors::serialize(views, header.metadata().clone()).unwrap();
     std::fs::write(out, out_bytes).unwrap();
 }
-
-/// Fashion-MNIST's classes, by label.
-const FASHION: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
 
 /// Rewrite a checkpoint's metadata through `edit`, keeping its tensors.
 fn rewrite_metadata(

@@ -6,6 +6,20 @@ use std::process::{Command, Output};
 
 use safetensors::{Dtype, SafeTensors};
 
+/// Fashion-MNIST's classes, by label, as Zalando names them (`assets/fashion-mnist/classes.txt`).
+pub const FASHION: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
 /// A safetensors fixture from `tests/fixtures/`, made by `make_fixtures.py`.
 pub struct Fixture {
     bytes: Vec<u8>,
