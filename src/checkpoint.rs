@@ -1,7 +1,10 @@
 //! Checkpoints in safetensors, readable by PyTorch.
 //!
 //! Tensors: every parameter under its PyTorch `state_dict` name and layout (`0.weight` as
-//! `[out, in, k, k]`, `4.weight` as `[out, in]`, biases), f32. The optimizer's state, when saved,
+//! `[out, in, k, k]`, `4.weight` as `[out, in]`, biases), f32; each batch normalization's
+//! buffers too, as PyTorch names them: `running_mean`, `running_var` (f32) and
+//! `num_batches_tracked` (an i64 scalar: the training steps taken, all of which it normalized),
+//! so that `load_state_dict` of the equivalent `nn.Sequential` takes the file as it is. The optimizer's state, when saved,
 //! sits beside them: SGD's momentum buffers as `optimizer.momentum.<name>`, Adam's moments as
 //! `optimizer.exp_avg.<name>` and `optimizer.exp_avg_sq.<name>` (PyTorch's names); PyTorch code
 //! loading the weights skips them (`{k: v for k, v in t.items() if not k.startswith("optimizer.")}`).
@@ -71,15 +74,18 @@ pub struct Checkpoint {
     pub info: CheckpointInfo,
     pub network: Network,
     pub params: Vec<Vec<f32>>,
+    /// Batch normalization's running statistics ([`Network::buffers`] order).
+    pub buffers: Vec<Vec<f32>>,
     pub state: Option<OptimizerState>,
 }
 
-/// Write `params` (and the optimizer's `state`, if given, under the names of `info.optimizer`)
-/// of `net` to `path`, atomically.
+/// Write `params` and the running statistics `running` (and the optimizer's `state`, if given,
+/// under the names of `info.optimizer`) of `net` to `path`, atomically.
 pub fn save(
     path: &Path,
     net: &Network,
     params: &[Vec<f32>],
+    running: &[Vec<f32>],
     state: Option<&OptimizerState>,
     info: &CheckpointInfo,
 ) -> Result<()> {
@@ -88,6 +94,17 @@ pub fn save(
     for (p, values) in net.params.iter().zip(params) {
         names.push(p.name.clone());
         buffers.push((values, p.shape.clone()));
+    }
+    anyhow::ensure!(
+        running.len() == net.buffers.len(),
+        "{}: {} running statistics, expected {}",
+        path.display(),
+        running.len(),
+        net.buffers.len()
+    );
+    for (b, values) in net.buffers.iter().zip(running) {
+        names.push(b.name.clone());
+        buffers.push((values, b.shape.clone()));
     }
     if let Some(state) = state {
         let adam = info.optimizer.kind != OptimizerKind::Sgd;
@@ -111,7 +128,7 @@ pub fn save(
             }
         }
     }
-    let views: Vec<(String, TensorView<'_>)> = names
+    let mut views: Vec<(String, TensorView<'_>)> = names
         .into_iter()
         .zip(&buffers)
         .map(|(name, (values, shape))| {
@@ -120,6 +137,12 @@ pub fn save(
             (name, view)
         })
         .collect();
+    // PyTorch's batch-normalization counter: one per layer, every training step counted.
+    let tracked = (info.step as i64).to_le_bytes();
+    for l in net.layers.iter().filter(|l| l.running.is_some()) {
+        let view = TensorView::new(Dtype::I64, vec![], &tracked).expect("an i64 scalar");
+        views.push((format!("{}.num_batches_tracked", l.index), view));
+    }
     let metadata: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("spec", info.spec.to_string()),
@@ -410,6 +433,36 @@ pub fn load_bytes(
             None => bail!("{}: the checkpoint has no tensor '{}' (shape {:?}), which the network {spec} needs", path.display(), p.name, p.shape),
         }
     }
+    let mut running = Vec::new();
+    for b in &network.buffers {
+        let what = format!("{} of the network {spec}", b.name);
+        match tensor_f32(path, &st, &b.name, &b.shape, &what)? {
+            Some(values) => running.push(values),
+            None => bail!("{}: the checkpoint has no tensor '{}' (shape {:?}), which the network {spec} needs", path.display(), b.name, b.shape),
+        }
+        if b.name.ends_with("running_var") {
+            if let Some(i) = running.last().unwrap().iter().position(|&v| v < 0.0) {
+                bail!(
+                    "{}: tensor '{}' holds a negative variance at index {i}; expected values >= 0",
+                    path.display(),
+                    b.name
+                );
+            }
+        }
+    }
+    for l in network.layers.iter().filter(|l| l.running.is_some()) {
+        let name = format!("{}.num_batches_tracked", l.index);
+        if let Ok(t) = st.tensor(&name) {
+            if t.dtype() != Dtype::I64 || !t.shape().is_empty() {
+                bail!(
+                    "{}: tensor '{name}' is {:?} of shape {:?}; expected an I64 scalar (PyTorch's batch counter)",
+                    path.display(),
+                    t.dtype(),
+                    t.shape()
+                );
+            }
+        }
+    }
     // The optimizer's state, under the names of its optimizer: all or nothing per buffer.
     let buffers = |prefix: &str, what: &str| -> Result<Option<Vec<Vec<f32>>>> {
         let mut found = Vec::new();
@@ -454,6 +507,7 @@ pub fn load_bytes(
         info,
         network,
         params,
+        buffers: running,
         state,
     })
 }

@@ -8,7 +8,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::ops::{Conv2dShape, DenseShape, Pool2dShape};
+use crate::ops::{BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::{Layer, Loss, NetSpec};
 
 /// The shape of one sample: channels, height, width (a flat vector is `[n, 1, 1]`).
@@ -50,6 +50,9 @@ pub struct ParamInfo {
     pub shape: Vec<usize>,
     /// Inputs feeding one output; the init bound is `1/sqrt(fan_in)`.
     pub fan_in: usize,
+    /// A constant initial value instead of the uniform draw (batch normalization's weight 1 and
+    /// bias 0; its running mean 0 and variance 1). Such a tensor draws nothing from the seed.
+    pub constant: Option<f32>,
 }
 
 impl ParamInfo {
@@ -69,6 +72,9 @@ pub struct ResolvedLayer {
     pub output: Shape,
     pub weight: Option<usize>,
     pub bias: Option<usize>,
+    /// Batch normalization: the index in [`Network::buffers`] of its running mean (the running
+    /// variance follows it).
+    pub running: Option<usize>,
     /// Seed offset for dropout layers, so two dropout layers draw different masks.
     pub index: usize,
 }
@@ -112,6 +118,16 @@ impl ResolvedLayer {
         }
     }
 
+    /// Batch normalization's shape: its input's channels (features, for a flat input) and the
+    /// values per channel of one sample.
+    pub fn norm_shape(&self, batch: usize) -> BatchNormShape {
+        BatchNormShape {
+            batch,
+            channels: self.input.channels,
+            spatial: self.input.height * self.input.width,
+        }
+    }
+
     pub fn dense_shape(&self, batch: usize) -> DenseShape {
         DenseShape {
             batch,
@@ -128,6 +144,9 @@ pub struct Network {
     pub input: Shape,
     pub layers: Vec<ResolvedLayer>,
     pub params: Vec<ParamInfo>,
+    /// State that is not trained by gradients: each batch normalization's running mean and
+    /// variance (PyTorch's buffers, e.g. `1.running_mean`, `1.running_var`).
+    pub buffers: Vec<ParamInfo>,
 }
 
 impl Network {
@@ -135,20 +154,22 @@ impl Network {
     /// shape does not fit (a kernel larger than its padded input, say).
     pub fn new(spec: &NetSpec, input: Shape) -> Result<Network, String> {
         let mut layers: Vec<ResolvedLayer> = Vec::new();
-        let mut params = Vec::new();
+        let mut tensors = (Vec::new(), Vec::new());
         let mut shape = input;
         for &layer in &spec.layers {
             // A dense layer reads a flat vector: insert the Flatten that PyTorch would need.
             if matches!(layer, Layer::Dense { .. }) && !shape.is_flat() {
-                shape = resolve_layer(Layer::Flatten, shape, &mut layers, &mut params)?;
+                shape = resolve_layer(Layer::Flatten, shape, &mut layers, &mut tensors)?;
             }
-            shape = resolve_layer(layer, shape, &mut layers, &mut params)?;
+            shape = resolve_layer(layer, shape, &mut layers, &mut tensors)?;
         }
+        let (params, buffers) = tensors;
         Ok(Network {
             spec: spec.clone(),
             input,
             layers,
             params,
+            buffers,
         })
     }
 
@@ -199,12 +220,48 @@ impl Network {
         self.params
             .iter()
             .map(|p| {
+                if let Some(value) = p.constant {
+                    return vec![value; p.len()];
+                }
                 let bound = 1.0 / (p.fan_in as f32).sqrt();
                 (0..p.len())
                     .map(|_| rng.random_range(-bound..bound))
                     .collect()
             })
             .collect()
+    }
+
+    /// The initial buffers: running means 0, running variances 1 (PyTorch's).
+    pub fn init_buffers(&self) -> Vec<Vec<f32>> {
+        self.buffers
+            .iter()
+            .map(|b| vec![b.constant.unwrap_or(0.0); b.len()])
+            .collect()
+    }
+
+    /// Whether some layer is a batch normalization.
+    pub fn has_batch_norm(&self) -> bool {
+        !self.buffers.is_empty()
+    }
+
+    /// A batch normalization after a flat layer (PyTorch's `BatchNorm1d`) has one value a
+    /// feature per sample, so it cannot train on a batch of one: PyTorch refuses, and so does
+    /// this, naming the layer.
+    pub fn check_batch(&self, batch: usize) -> Result<(), String> {
+        if batch >= 2 {
+            return Ok(());
+        }
+        match self
+            .layers
+            .iter()
+            .find(|l| l.layer == Layer::BatchNorm && l.input.is_flat())
+        {
+            Some(l) => Err(format!(
+                "layer {} (bn) normalizes {} features over the batch, and a batch of {batch} has one value a feature: use a batch size of at least 2 (and one that leaves no last batch of 1)",
+                l.index, l.input.channels
+            )),
+            None => Ok(()),
+        }
     }
 
     /// One line per layer: what it is, its output shape and parameter count.
@@ -243,7 +300,7 @@ fn resolve_layer(
     layer: Layer,
     shape: Shape,
     layers: &mut Vec<ResolvedLayer>,
-    params: &mut Vec<ParamInfo>,
+    (params, buffers): &mut (Vec<ParamInfo>, Vec<ParamInfo>),
 ) -> Result<Shape, String> {
     let index = layers.len();
     let fail = |what: String| format!("layer {index} ({layer}) on input {shape}: {what}");
@@ -281,12 +338,20 @@ fn resolve_layer(
         }
         _ => {}
     }
+    let tensor = |suffix: &str, dims: Vec<usize>, fan_in: usize, constant: Option<f32>| ParamInfo {
+        name: format!("{index}.{suffix}"),
+        shape: dims,
+        fan_in,
+        constant,
+    };
+    let mut running = None;
+    if layer == Layer::BatchNorm {
+        running = Some(buffers.len());
+        buffers.push(tensor("running_mean", vec![shape.channels], 1, Some(0.0)));
+        buffers.push(tensor("running_var", vec![shape.channels], 1, Some(1.0)));
+    }
     let mut add_param = |suffix: &str, dims: Vec<usize>, fan_in: usize| {
-        params.push(ParamInfo {
-            name: format!("{index}.{suffix}"),
-            shape: dims,
-            fan_in,
-        });
+        params.push(tensor(suffix, dims, fan_in, None));
         Some(params.len() - 1)
     };
     let (output, weight, bias) = match layer {
@@ -360,6 +425,12 @@ fn resolve_layer(
             )
         }
         Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Dropout { .. } => (shape, None, None),
+        Layer::BatchNorm => {
+            let c = shape.channels;
+            params.push(tensor("weight", vec![c], 1, Some(1.0)));
+            params.push(tensor("bias", vec![c], 1, Some(0.0)));
+            (shape, Some(params.len() - 2), Some(params.len() - 1))
+        }
     };
     too_big(
         "output",
@@ -374,6 +445,7 @@ fn resolve_layer(
         output,
         weight,
         bias,
+        running,
         index,
     });
     Ok(output)

@@ -11,6 +11,9 @@
 //! - `dense{N}` with optional `nb`: fully connected; flattens its input first (NCHW order).
 //! - `relu`, `tanh`, `sigmoid`.
 //! - `dropout{P}`, e.g. `dropout0.5`: inverted dropout, active in training only.
+//! - `bn`: batch normalization over the channels of its input (PyTorch's `BatchNorm2d` after a
+//!   spatial layer, `BatchNorm1d` after a flat one; momentum 0.1, eps 1e-5, affine): batch
+//!   statistics while training, running statistics at evaluation.
 //! - `flatten`: explicit flatten (a `dense` flattens by itself).
 //! - a last token naming the loss: `softmax` (softmax + cross-entropy, the default when absent),
 //!   `bce` (sigmoid output + binary cross-entropy) or `mse` (sigmoid output + mean squared error).
@@ -49,6 +52,7 @@ pub enum Layer {
     Dropout {
         p: f32,
     },
+    BatchNorm,
 }
 
 /// The loss on the last layer's outputs (the logits).
@@ -112,6 +116,7 @@ impl fmt::Display for Layer {
             Layer::Tanh => write!(f, "tanh"),
             Layer::Sigmoid => write!(f, "sigmoid"),
             Layer::Dropout { p } => write!(f, "dropout{p}"),
+            Layer::BatchNorm => write!(f, "bn"),
         }
     }
 }
@@ -186,6 +191,7 @@ fn parse_layer(token: &str) -> Result<Layer, String> {
         "tanh" => return Ok(Layer::Tanh),
         "sigmoid" => return Ok(Layer::Sigmoid),
         "flatten" => return Ok(Layer::Flatten),
+        "bn" => return Ok(Layer::BatchNorm),
         _ => {}
     }
     if let Some(rest) = token.strip_prefix("conv") {
@@ -238,7 +244,7 @@ fn parse_layer(token: &str) -> Result<Layer, String> {
     }
     Err(format!(
         "unknown layer '{token}'; expected one of conv{{C}}k{{K}}, maxpool{{K}}, avgpool{{K}}, dense{{N}}, \
-         relu, tanh, sigmoid, dropout{{P}}, flatten, and a last softmax, bce or mse"
+         relu, tanh, sigmoid, dropout{{P}}, bn, flatten, and a last softmax, bce or mse"
     ))
 }
 

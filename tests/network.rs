@@ -33,6 +33,9 @@ fn whole_network_gradients_match_finite_differences() {
         "conv3k3s2p1-tanh-avgpool2s1-conv2k2-relu-maxpool2-dense5-sigmoid-dense4",
         "conv2k3nb-sigmoid-dropout0.4-dense6-tanh-dense4-bce",
         "conv4k2s2-maxpool2s1-dense4nb-mse",
+        // Batch normalization in both kinds (over channels and over features), first and after
+        // a ReLU; batch statistics make every sample's loss depend on the others.
+        "bn-conv3k3nb-bn-relu-conv2k2-bn-tanh-dense5-bn-sigmoid-dense4",
     ];
     let input = Shape {
         channels: 1,
@@ -52,10 +55,10 @@ fn whole_network_gradients_match_finite_differences() {
         let labels = [1u8, 3];
         let dropout = Some((11, 2));
         let total_loss = |params: &[Vec<f64>]| {
-            let acts = network_forward(&net, params, images.clone(), batch, dropout);
+            let acts = network_forward(&net, params, &[], images.clone(), batch, dropout);
             loss_forward(net.loss(), net.classes(), acts.last().unwrap(), &labels)
         };
-        let acts = network_forward(&net, &params, images.clone(), batch, dropout);
+        let acts = network_forward(&net, &params, &[], images.clone(), batch, dropout);
         let d_logits = loss_backward(net.loss(), net.classes(), acts.last().unwrap(), &labels);
         let grads = network_backward(&net, &params, &acts, d_logits, batch, dropout);
         for (i, info) in net.params.iter().enumerate() {
@@ -120,7 +123,7 @@ fn training_steps_match_pytorch() {
         // Gradients of the first step, before any update.
         let order: Vec<u32> = (0..batch as u32).collect();
         let (images, labels) = wgcnn::ops::gather_batch(&data, &order, Normalization::UNIT);
-        let (_, _, grads) = exec.forward_backward(images, &labels, 0);
+        let (_, _, grads, _) = exec.forward_backward(images, &labels, 0);
         for (p, g) in net.params.iter().zip(&grads) {
             close_torch(
                 &format!("{name} step 0 gradient {}", p.name),
@@ -277,6 +280,16 @@ fn training_trajectories_match_the_reference_on_every_executor() {
             1,
             0.5,
         ),
+        // Batch normalization over channels and over features, between layers and their ReLUs
+        // (the running statistics are compared too); and first, on the input, with batch 1
+        // (statistics over one image's pixels) and with a short last batch.
+        (
+            "conv4k3nb-bn-relu-conv6k3-bn-relu-maxpool2-dense12-bn-relu-dense10",
+            8,
+            0.05,
+        ),
+        ("bn-conv4k3-relu-maxpool2-dense10", 1, 0.05),
+        ("bn-conv4k3-relu-maxpool2-bn-dense10", 5, 0.05),
     ];
     let networks = networks
         .into_iter()
@@ -349,6 +362,10 @@ fn training_trajectories_match_the_reference_on_every_executor() {
                 };
                 let (pr, pe) = (reference.parameters().unwrap(), exec.parameters().unwrap());
                 for (info, (r, e)) in net.params.iter().zip(pr.iter().zip(&pe)) {
+                    close_tol(&format!("{tag} {}", info.name), e, r, params_tol);
+                }
+                let (br, be) = (reference.buffers().unwrap(), exec.buffers().unwrap());
+                for (info, (r, e)) in net.buffers.iter().zip(br.iter().zip(&be)) {
                     close_tol(&format!("{tag} {}", info.name), e, r, params_tol);
                 }
             }

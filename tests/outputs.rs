@@ -79,21 +79,37 @@ fn a_saved_checkpoint_loads_and_predicts_bit_identically() {
     for spec_text in [
         "conv8k3-relu-maxpool2-dense10",
         "conv4k3s2p1nb-tanh-dropout0.3-dense12-sigmoid-dense10-bce",
+        // Batch normalization: its running statistics travel with the weights.
+        "conv4k3nb-bn-relu-maxpool2-dense12-bn-relu-dense10",
     ] {
         let (net, mut exec) = trained(spec_text);
         let before = exec.test_logits().unwrap();
         let (params, momentum) = (exec.parameters().unwrap(), exec.momentum().unwrap());
+        let running = exec.buffers().unwrap();
+        assert_eq!(running.len(), net.buffers.len());
         let state = OptimizerState {
             first: momentum.clone(),
             second: None,
         };
-        checkpoint::save(&path, &net, &params, Some(&state), &info(&net.spec, 1)).unwrap();
+        let saved = info(&net.spec, 1);
+        checkpoint::save(&path, &net, &params, &running, Some(&state), &saved).unwrap();
 
         let ck = checkpoint::load(&path, MNIST, None).unwrap();
         assert_eq!(ck.info, info(&net.spec, 1));
         assert_eq!(ck.network, net);
         assert_eq!(ck.params, params);
+        assert_eq!(ck.buffers, running);
         assert_eq!(ck.state, Some(state));
+        // PyTorch's batch counter: an i64 scalar per batch normalization, the steps taken.
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for l in net.layers.iter().filter(|l| l.running.is_some()) {
+            let t = st
+                .tensor(&format!("{}.num_batches_tracked", l.index))
+                .unwrap();
+            assert_eq!((t.dtype(), t.shape()), (safetensors::Dtype::I64, &[][..]));
+            assert_eq!(t.data(), &(saved.step as i64).to_le_bytes()[..]);
+        }
         let mut again = CpuReference::new(
             ck.network,
             ck.params,
@@ -102,6 +118,7 @@ fn a_saved_checkpoint_loads_and_predicts_bit_identically() {
             Normalization::UNIT,
             4,
         );
+        again.set_buffers(&ck.buffers).unwrap();
         let after = again.test_logits().unwrap();
         assert_eq!(
             before.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -121,14 +138,24 @@ fn rewrite(path: &Path, out: &Path, edit: impl Fn(&mut Vec<(String, Vec<usize>, 
         .into_iter()
         .map(|(name, t)| (name.to_string(), t.shape().to_vec(), t.data().to_vec()))
         .collect();
+    // Tensors keep their type (batch normalization's counter is i64); new ones are f32.
+    let dtypes: std::collections::HashMap<String, safetensors::Dtype> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name.to_string(), t.dtype()))
+        .collect();
     edit(&mut tensors);
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(n, shape, data)| {
             (
                 n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .unwrap(),
+                safetensors::tensor::TensorView::new(
+                    dtypes.get(n).copied().unwrap_or(safetensors::Dtype::F32),
+                    shape.clone(),
+                    data,
+                )
+                .unwrap(),
             )
         })
         .collect();
@@ -167,7 +194,7 @@ fn checkpoints_keep_their_class_names_and_refuse_bad_ones() {
         ..info(&net.spec, 1)
     };
     let path = dir.path().join("fashion.safetensors");
-    checkpoint::save(&path, &net, &params, None, &named).unwrap();
+    checkpoint::save(&path, &net, &params, &[], None, &named).unwrap();
     let ck = checkpoint::load(&path, MNIST, None).unwrap();
     assert_eq!(ck.info, named);
     // Stored as a JSON list of strings, which other tools read as they are.
@@ -263,6 +290,52 @@ fn checkpoints_keep_their_class_names_and_refuse_bad_ones() {
     }
 }
 
+/// Batch normalization's buffers: all needed, a variance never negative, the counter an i64
+/// scalar as PyTorch writes it.
+#[test]
+fn broken_batch_norm_buffers_are_rejected_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    let (net, mut exec) = trained("conv4k3-bn-relu-maxpool2-dense10");
+    let (params, running) = (exec.parameters().unwrap(), exec.buffers().unwrap());
+    checkpoint::save(&good, &net, &params, &running, None, &info(&net.spec, 1)).unwrap();
+    let load = |p: &PathBuf| checkpoint::load(p, MNIST, None).map(|_| ());
+    load(&good).unwrap();
+    type Edit = Box<dyn Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>)>;
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "missing",
+            Box::new(|t| t.retain(|(n, _, _)| n != "1.running_var")),
+            "no tensor '1.running_var' (shape [4])",
+        ),
+        (
+            "negative",
+            Box::new(|t| {
+                for (n, _, data) in t.iter_mut() {
+                    if n == "1.running_var" {
+                        data[8..12].copy_from_slice(&(-0.5f32).to_le_bytes());
+                    }
+                }
+            }),
+            "tensor '1.running_var' holds a negative variance at index 2",
+        ),
+        (
+            "counter",
+            Box::new(|t| {
+                t.retain(|(n, _, _)| n != "1.num_batches_tracked");
+                t.push(("1.num_batches_tracked".into(), vec![2], vec![0; 16]));
+            }),
+            "tensor '1.num_batches_tracked' is I64 of shape [2]; expected an I64 scalar",
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let bad = dir.path().join(format!("{name}.safetensors"));
+        rewrite(&good, &bad, edit);
+        let e = load(&bad).unwrap_err().to_string();
+        assert!(e.contains(expected) && e.contains(name), "{name}: {e}");
+    }
+}
+
 #[test]
 fn broken_checkpoints_are_rejected_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,6 +345,7 @@ fn broken_checkpoints_are_rejected_naming_the_problem() {
         &good,
         &net,
         &exec.parameters().unwrap(),
+        &[],
         None,
         &info(&net.spec, 1),
     )
@@ -423,7 +497,7 @@ fn resuming_continues_exactly_where_the_run_stopped() {
 
 /// A run planned for three epochs with AdamW and a one-cycle schedule, stopped after the first
 /// (--stop-after) and resumed: the schedule, the step count and both moments carry over, and the
-/// result is the uninterrupted run's, bit for bit.
+/// result is the uninterrupted run's, bit for bit, batch normalization's running statistics too.
 #[test]
 fn resuming_mid_schedule_with_adamw_equals_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -436,7 +510,7 @@ fn resuming_mid_schedule_with_adamw_equals_the_uninterrupted_run() {
         &[
             "train",
             "--model",
-            "conv4k3-tanh-dropout0.3-dense10",
+            "conv4k3-bn-tanh-dropout0.3-dense10",
             "--optimizer",
             "adamw",
             "--weight-decay",
@@ -495,6 +569,11 @@ fn resuming_mid_schedule_with_adamw_equals_the_uninterrupted_run() {
     );
     assert_eq!(cb.info.epoch, 3);
     assert_eq!(ca.params, cb.params);
+    assert_eq!(ca.buffers, cb.buffers);
+    assert!(
+        ca.buffers[1].iter().all(|&v| v != 1.0),
+        "the running variance moved"
+    );
     let state = cb.state.as_ref().expect("the optimizer's state is saved");
     assert!(state.second.is_some(), "AdamW saves both moments");
     assert_eq!(ca.state, cb.state);
@@ -670,9 +749,16 @@ fn predict_reads_pictures_of_any_kind_like_the_test_digit() {
             .iter()
             .map(|&p| Normalization::UNIT.apply(p))
             .collect();
-        let logits = wgcnn::exec::reference::network_forward(&ck.network, &ck.params, x, 1, None)
-            .pop()
-            .unwrap();
+        let logits = wgcnn::exec::reference::network_forward(
+            &ck.network,
+            &ck.params,
+            &ck.buffers,
+            x,
+            1,
+            None,
+        )
+        .pop()
+        .unwrap();
         let (expected, confidence) =
             wgcnn::predict::ranked(&wgcnn::predict::probabilities(ck.network.loss(), &logits))[0];
         if confidence < 0.9 {
@@ -771,7 +857,7 @@ fn absurd_checkpoints_and_clashing_outputs_are_refused_before_any_work() {
     let good = dir.path().join("good.safetensors");
     let (net, mut exec) = trained("conv8k3-relu-maxpool2-dense10");
     let params = exec.parameters().unwrap();
-    checkpoint::save(&good, &net, &params, None, &info(&net.spec, 1)).unwrap();
+    checkpoint::save(&good, &net, &params, &[], None, &info(&net.spec, 1)).unwrap();
     let load_err = |p: &Path| {
         checkpoint::load(p, MNIST, None)
             .map(|_| ())
@@ -1004,6 +1090,7 @@ fn predict_and_outputs_fail_clearly_on_bad_input() {
         &model,
         &net,
         &exec.parameters().unwrap(),
+        &[],
         None,
         &info(&net.spec, 1),
     )

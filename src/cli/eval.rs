@@ -84,6 +84,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         ck.info.seed,
         1,
     )?;
+    exec.set_buffers(&ck.buffers)?;
     println!(
         "model {} ({spec}, trained {} epochs) on {}",
         args.model.display(),

@@ -39,7 +39,14 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
             let frame =
                 predict::mnist_frame(&predict::load_gray(path)?, &path.display().to_string())?;
             let x: Vec<f32> = frame.as_raw().iter().map(|&p| norm.apply(p)).collect();
-            let acts = crate::exec::reference::network_forward(&ck.network, &ck.params, x, 1, None);
+            let acts = crate::exec::reference::network_forward(
+                &ck.network,
+                &ck.params,
+                &ck.buffers,
+                x,
+                1,
+                None,
+            );
             let probs = predict::probabilities(ck.network.loss(), acts.last().unwrap());
             let top: Vec<String> = predict::ranked(&probs)
                 .iter()

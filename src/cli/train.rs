@@ -126,6 +126,7 @@ impl train::Observer for Reporter<'_> {
         }
         if let Some(path) = &self.args.save {
             let params = exec.parameters()?;
+            let running = exec.buffers()?;
             let state = OptimizerState {
                 first: exec.momentum()?,
                 second: match self.info.optimizer.kind {
@@ -138,7 +139,7 @@ impl train::Observer for Reporter<'_> {
                 step: r.epoch as u64 * self.steps_per_epoch,
                 ..self.info.clone()
             };
-            checkpoint::save(path, exec.network(), &params, Some(&state), &info)?;
+            checkpoint::save(path, exec.network(), &params, &running, Some(&state), &info)?;
         }
         self.history.push(*r);
         if let Some(path) = &self.args.plot {
@@ -179,7 +180,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         (None, None) => args.data.folder(),
     };
     let classes = data::class_names(&data_folder)?;
-    let (name, spec, config, norm, first_epoch, params, state) = match resumed {
+    let (name, spec, config, norm, first_epoch, params, running, state) = match resumed {
         Some(ck) => {
             if let Some(model) = &args.model.model {
                 let wanted = match spec::preset(model) {
@@ -243,6 +244,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 norm,
                 i.epoch + 1,
                 ck.params,
+                ck.buffers,
                 // Adam and AdamW share their state; SGD's momentum is not Adam's moments
                 ck.state.filter(|_| {
                     let same = (i.optimizer.kind == OptimizerKind::Sgd)
@@ -271,6 +273,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 preset_normalization(args.data.normalize, r.standardize),
                 1,
                 params,
+                net.init_buffers(),
                 None,
             )
         }
@@ -303,6 +306,19 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         "--stop-after {last_epoch}: the run is already past epoch {last_epoch} (it resumes at epoch {first_epoch})"
     );
     let steps_per_epoch = train_set.len().div_ceil(c.batch_size);
+    // A flat batch normalization cannot train on a batch of one, nor on a last batch of one.
+    net.check_batch(c.batch_size)
+        .and_then(|_| match train_set.len() % c.batch_size {
+            1 => net.check_batch(1).map_err(|e| {
+                format!(
+                    "{e}; with {} training images, --batch-size {} leaves a last batch of 1",
+                    train_set.len(),
+                    c.batch_size
+                )
+            }),
+            _ => Ok(()),
+        })
+        .map_err(anyhow::Error::msg)?;
     let total_steps = (steps_per_epoch * c.epochs) as u64;
     say(format!(
         "training: epochs {first_epoch}..={}{}, batch size {}, {}, lr schedule {}, seed {}",
@@ -332,6 +348,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         c.seed,
         c.batch_size,
     )?;
+    exec.set_buffers(&running)?;
     if let Some(state) = &state {
         exec.set_momentum(&state.first)?;
         if let Some(second) = &state.second {

@@ -16,6 +16,8 @@ pub struct HostState {
     pub velocity: Vec<Vec<f32>>,
     /// Adam's second moment per parameter (unused by SGD).
     pub second: Vec<Vec<f32>>,
+    /// Batch normalization's running statistics ([`Network::buffers`] order).
+    pub buffers: Vec<Vec<f32>>,
     pub train: Dataset,
     pub test: Dataset,
     pub norm: Normalization,
@@ -38,6 +40,7 @@ impl HostState {
     ) -> Self {
         let velocity: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
         HostState {
+            buffers: net.init_buffers(),
             net,
             params,
             second: velocity.clone(),
@@ -52,7 +55,7 @@ impl HostState {
     }
 
     pub fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
-        check_tensors(&self.net, "parameter", params)?;
+        check_tensors(&self.net.params, "parameter", params)?;
         for (mine, p) in self.params.iter_mut().zip(params) {
             mine.copy_from_slice(p);
         }
@@ -61,8 +64,14 @@ impl HostState {
         Ok(())
     }
 
+    pub fn set_buffers(&mut self, buffers: &[Vec<f32>]) -> Result<()> {
+        check_tensors(&self.net.buffers, "buffer", buffers)?;
+        self.buffers = buffers.to_vec();
+        Ok(())
+    }
+
     pub fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
-        check_tensors(&self.net, "momentum", momentum)?;
+        check_tensors(&self.net.params, "momentum", momentum)?;
         for (v, m) in self.velocity.iter_mut().zip(momentum) {
             v.copy_from_slice(m);
         }
@@ -70,7 +79,7 @@ impl HostState {
     }
 
     pub fn set_second_moment(&mut self, second: &[Vec<f32>]) -> Result<()> {
-        check_tensors(&self.net, "second moment", second)?;
+        check_tensors(&self.net.params, "second moment", second)?;
         for (v, m) in self.second.iter_mut().zip(second) {
             v.copy_from_slice(m);
         }
@@ -113,6 +122,12 @@ macro_rules! delegate_to_host {
         }
         fn parameters(&mut self) -> anyhow::Result<Vec<Vec<f32>>> {
             Ok(self.host.params.clone())
+        }
+        fn buffers(&mut self) -> anyhow::Result<Vec<Vec<f32>>> {
+            Ok(self.host.buffers.clone())
+        }
+        fn set_buffers(&mut self, buffers: &[Vec<f32>]) -> anyhow::Result<()> {
+            self.host.set_buffers(buffers)
         }
         fn momentum(&mut self) -> anyhow::Result<Vec<Vec<f32>>> {
             Ok(self.host.velocity.clone())

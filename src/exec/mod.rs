@@ -20,7 +20,7 @@ pub mod reference;
 use anyhow::Result;
 
 use crate::data::Split;
-use crate::network::Network;
+use crate::network::{Network, ParamInfo};
 
 /// Loss and accuracy accumulated over some images.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -192,6 +192,13 @@ pub trait Executor {
     /// Read the parameters back.
     fn parameters(&mut self) -> Result<Vec<Vec<f32>>>;
 
+    /// Batch normalization's running statistics, in [`Network::buffers`] order (empty for a
+    /// network without batch normalization).
+    fn buffers(&mut self) -> Result<Vec<Vec<f32>>>;
+
+    /// Replace the running statistics.
+    fn set_buffers(&mut self, buffers: &[Vec<f32>]) -> Result<()>;
+
     /// The optimizer's first state buffers, in parameter order: SGD's momentum (velocity), or
     /// Adam's first moment (`exp_avg`). What `--resume` restores, with [`Executor::second_moment`].
     fn momentum(&mut self) -> Result<Vec<Vec<f32>>>;
@@ -243,17 +250,17 @@ pub trait Executor {
     }
 }
 
-/// Check that `tensors` (parameters, or momentum: `what` names them in errors) has one tensor per
-/// parameter of `net`, each of its length. Every executor's `set_parameters` and `set_momentum`
-/// start here.
-pub fn check_tensors(net: &Network, what: &str, tensors: &[Vec<f32>]) -> Result<()> {
+/// Check that `tensors` (parameters, momentum or buffers: `what` names them in errors) has one
+/// tensor per entry of `infos` ([`Network::params`] or [`Network::buffers`]), each of its length.
+/// Every executor's `set_parameters`, `set_momentum` and `set_buffers` start here.
+pub fn check_tensors(infos: &[ParamInfo], what: &str, tensors: &[Vec<f32>]) -> Result<()> {
     anyhow::ensure!(
-        tensors.len() == net.params.len(),
+        tensors.len() == infos.len(),
         "{} {what} tensors, expected {}",
         tensors.len(),
-        net.params.len()
+        infos.len()
     );
-    for (info, t) in net.params.iter().zip(tensors) {
+    for (info, t) in infos.iter().zip(tensors) {
         anyhow::ensure!(
             t.len() == info.len(),
             "{what} {}: {} values, expected {}",

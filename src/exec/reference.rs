@@ -17,10 +17,13 @@ use crate::spec::Layer;
 pub type DropoutKey = Option<(u64, u32)>;
 
 /// Forward through every layer. Returns the activations: `[0]` is the input, `[i + 1]` the output
-/// of layer `i`; the last one holds the logits `[batch, classes]`.
+/// of layer `i`; the last one holds the logits `[batch, classes]`. A training pass (`dropout` is
+/// `Some`) normalizes with batch statistics; an evaluation pass with the running statistics in
+/// `buffers` ([`Network::buffers`] order).
 pub fn network_forward<T: Float>(
     net: &Network,
     params: &[Vec<T>],
+    buffers: &[Vec<T>],
     input: Vec<T>,
     batch: usize,
     dropout: DropoutKey,
@@ -57,6 +60,18 @@ pub fn network_forward<T: Float>(
                 }
                 None => y.copy_from_slice(x),
             },
+            Layer::BatchNorm => {
+                let (s, w, b) = (l.norm_shape(batch), l.weight.unwrap(), l.bias.unwrap());
+                let (w, b) = (&params[w], &params[b]);
+                match (dropout, l.running) {
+                    (Some(_), _) => r::batchnorm_forward(&s, x, w, b, &mut y),
+                    (None, Some(m)) => {
+                        let (mean, var) = (&buffers[m], &buffers[m + 1]);
+                        r::batchnorm_forward_eval(&s, x, w, b, mean, var, &mut y)
+                    }
+                    (None, None) => unreachable!("a batch normalization has running statistics"),
+                }
+            }
         }
         activations.push(y);
     }
@@ -125,10 +140,47 @@ pub fn network_backward<T: Float>(
                 }
                 None => d_x.copy_from_slice(&d_y),
             },
+            Layer::BatchNorm => {
+                let (w, b) = (l.weight.unwrap(), l.bias.unwrap());
+                let (mut d_w, mut d_b) =
+                    (std::mem::take(&mut grads[w]), std::mem::take(&mut grads[b]));
+                let d_x = (i > 0).then_some(&mut d_x[..]);
+                r::batchnorm_backward(
+                    &l.norm_shape(batch),
+                    x,
+                    &d_y,
+                    &params[w],
+                    d_x,
+                    &mut d_w,
+                    &mut d_b,
+                );
+                (grads[w], grads[b]) = (d_w, d_b);
+            }
         }
         d_y = d_x;
     }
     grads
+}
+
+/// After a training step: move every batch normalization's running statistics towards the
+/// statistics of its input in `activations` (from [`network_forward`]'s training pass).
+pub fn update_running_stats<T: Float>(
+    net: &Network,
+    activations: &[Vec<T>],
+    buffers: &mut [Vec<T>],
+    batch: usize,
+) {
+    for (i, l) in net.layers.iter().enumerate() {
+        if let Some(m) = l.running {
+            let (mean, var) = buffers[m..].split_at_mut(1);
+            r::batchnorm_update_running(
+                &l.norm_shape(batch),
+                &activations[i],
+                &mut mean[0],
+                &mut var[0],
+            );
+        }
+    }
 }
 
 /// The CPU reference executor: the specification, run as it is written.
@@ -153,24 +205,25 @@ impl CpuReference {
         }
     }
 
-    /// One forward and backward pass: returns (batch-mean loss, correct count, gradients).
+    /// One forward and backward pass: returns (batch-mean loss, correct count, gradients, the
+    /// activations).
     pub fn forward_backward(
         &self,
         images: Vec<f32>,
         labels: &[u8],
         step: u32,
-    ) -> (f32, usize, Vec<Vec<f32>>) {
+    ) -> (f32, usize, Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let (net, params) = (&self.host.net, &self.host.params);
         let batch = labels.len();
         let dropout = Some((self.host.seed, step));
-        let activations = network_forward(net, params, images, batch, dropout);
+        let activations = network_forward(net, params, &[], images, batch, dropout);
         let logits = activations.last().unwrap();
         let classes = net.classes();
         let loss = loss_forward(net.loss(), classes, logits, labels);
         let correct = r::count_correct(classes, logits, labels);
         let d_logits = loss_backward(net.loss(), classes, logits, labels);
         let grads = network_backward(net, params, &activations, d_logits, batch, dropout);
-        (loss, correct, grads)
+        (loss, correct, grads, activations)
     }
 }
 
@@ -187,7 +240,8 @@ impl Executor for CpuReference {
         let all: Vec<u32> = (0..h.test.len() as u32).collect();
         for chunk in all.chunks(EVAL_BATCH) {
             let (images, _) = gather_batch(&h.test, chunk, h.norm);
-            let activations = network_forward(&h.net, &h.params, images, chunk.len(), None);
+            let activations =
+                network_forward(&h.net, &h.params, &h.buffers, images, chunk.len(), None);
             logits.extend_from_slice(activations.last().unwrap());
         }
         Ok(logits)
@@ -196,11 +250,12 @@ impl Executor for CpuReference {
     fn train_step(&mut self, start: usize, len: usize, step: u32, opt: Optimizer) -> Result<()> {
         let h = &self.host;
         let (images, labels) = gather_batch(&h.train, &h.order[start..start + len], h.norm);
-        let (loss, correct, grads) = self.forward_backward(images, &labels, step);
+        let (loss, correct, grads, activations) = self.forward_backward(images, &labels, step);
         if !loss.is_finite() {
             return Err(Diverged { step, loss }.into());
         }
         let h = &mut self.host;
+        update_running_stats(&h.net, &activations, &mut h.buffers, len);
         let params = h.params.iter_mut().zip(&grads);
         for ((p, g), (m, v)) in params.zip(h.velocity.iter_mut().zip(&mut h.second)) {
             opt.update(step as u64 + 1, p, g, m, v);
@@ -216,7 +271,8 @@ impl Executor for CpuReference {
         let all: Vec<u32> = (0..data.len() as u32).collect();
         for chunk in all.chunks(EVAL_BATCH) {
             let (images, labels) = gather_batch(data, chunk, h.norm);
-            let activations = network_forward(&h.net, &h.params, images, chunk.len(), None);
+            let activations =
+                network_forward(&h.net, &h.params, &h.buffers, images, chunk.len(), None);
             let logits = activations.last().unwrap();
             let loss = loss_forward(h.net.loss(), h.net.classes(), logits, &labels);
             metrics.loss_sum += loss as f64 * chunk.len() as f64;

@@ -11,6 +11,7 @@
 //! | dense | [`dense`] | `shaders/dense.wgsl` | `tests/ops/dense.rs` |
 //! | ReLU, tanh, sigmoid | [`activation`] | `shaders/activation.wgsl` | `tests/ops/activation.rs` |
 //! | dropout | [`dropout`] | `shaders/dropout.wgsl` | `tests/ops/dropout.rs` |
+//! | batch normalization | [`batchnorm`] | `shaders/batchnorm.wgsl` | `tests/ops/batchnorm.rs` |
 //! | losses and accuracy | [`loss`] | `shaders/loss.wgsl` | `tests/ops/loss.rs` |
 //! | batch gathering | [`batch`] | `shaders/batch.wgsl` | `tests/ops/batch.rs` |
 //! | SGD with momentum | [`sgd`] | `shaders/sgd.wgsl` | `tests/ops/sgd.rs` |
@@ -31,6 +32,7 @@ use num_traits::Float;
 pub mod activation;
 pub mod adam;
 pub mod batch;
+pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
 pub mod dropout;
@@ -41,6 +43,7 @@ pub mod sgd;
 pub use activation::*;
 pub use adam::*;
 pub use batch::*;
+pub use batchnorm::*;
 pub use conv2d::*;
 pub use dense::*;
 pub use dropout::*;

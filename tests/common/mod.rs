@@ -280,10 +280,10 @@ pub fn check_gradient(what: &str, at: &[f64], analytic: &[f64], loss: impl Fn(&[
 use std::sync::{Arc, OnceLock};
 
 use wgcnn::exec::fast::kernels as fast;
-use wgcnn::exec::gpu::ops::{LayerResult, Ops};
+use wgcnn::exec::gpu::ops::{LayerResult, NormResult, Ops};
 use wgcnn::exec::gpu::plan::Fused;
 use wgcnn::exec::gpu::{AdapterChoice, Gpu, Kernels};
-use wgcnn::ops::{Conv2dShape, DenseShape, Pool2dShape};
+use wgcnn::ops::{BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 use wgcnn::spec::Layer;
 
 pub struct Device {
@@ -408,6 +408,17 @@ pub trait OpRunner {
         x: &[f32],
         d_y: &[f32],
     ) -> (Vec<f32>, Vec<f32>);
+    /// Batch normalization: a training step from the running statistics `running` (its output,
+    /// gradients and the running statistics after it), then an evaluation pass of `x`.
+    fn batch_norm(
+        &self,
+        s: &BatchNormShape,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        d_y: &[f32],
+        running: (&[f32], &[f32]),
+    ) -> NormResult;
 }
 
 /// The fast CPU executor's kernels.
@@ -516,6 +527,45 @@ impl OpRunner for FastRunner {
         }
         (y, dx)
     }
+    fn batch_norm(
+        &self,
+        s: &BatchNormShape,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        d_y: &[f32],
+        running: (&[f32], &[f32]),
+    ) -> NormResult {
+        let (len, c) = (x.len(), s.channels);
+        let mut r = LayerResult {
+            output: vec![0.0; len],
+            d_input: vec![0.0; len],
+            d_weight: vec![0.0; c],
+            d_bias: vec![0.0; c],
+        };
+        let mut stats = vec![0.0; 2 * c];
+        fast::batchnorm_stats(s, x, &mut stats);
+        let (mut mean, mut var) = (running.0.to_vec(), running.1.to_vec());
+        fast::batchnorm_update_running(s, &stats, &mut mean, &mut var);
+        fast::batchnorm_forward(s, x, w, b, &stats, &mut r.output);
+        let (d_x, d_w, d_b) = (Some(&mut r.d_input[..]), &mut r.d_weight, &mut r.d_bias);
+        fast::batchnorm_backward(s, x, d_y, w, &stats, d_x, d_w, d_b);
+        let mut eval_output = vec![0.0; len];
+        fast::batchnorm_forward(
+            s,
+            x,
+            w,
+            b,
+            &[mean.clone(), var.clone()].concat(),
+            &mut eval_output,
+        );
+        NormResult {
+            layer: r,
+            running_mean: mean,
+            running_var: var,
+            eval_output,
+        }
+    }
 }
 
 /// The GPU's kernels through [`Ops`], on one of the grids of [`gpu_ops`].
@@ -588,6 +638,17 @@ impl OpRunner for GpuRunner {
         d_y: &[f32],
     ) -> (Vec<f32>, Vec<f32>) {
         self.ops.activation(&layer, batch, x, d_y).unwrap()
+    }
+    fn batch_norm(
+        &self,
+        s: &BatchNormShape,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        d_y: &[f32],
+        running: (&[f32], &[f32]),
+    ) -> NormResult {
+        self.ops.batch_norm(s, x, w, b, d_y, running).unwrap()
     }
 }
 

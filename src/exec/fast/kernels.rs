@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::winograd::{self, Grid};
 use crate::data::{Dataset, Normalization, IMAGE_PIXELS};
 use crate::network::{dropout_seed, ResolvedLayer};
-use crate::ops::{self as r, Conv2dShape, DenseShape, Pool2dShape};
+use crate::ops::{self as r, BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 
 /// Weight gradients are reduced over this many batch chunks, whatever the number of cores.
 const REDUCE_CHUNKS: usize = 8;
@@ -1067,6 +1067,146 @@ pub fn avg_pool_plane_backward(s: &Pool2dShape, d_y: &[f32], d_x: &mut [f32], ro
         }
     }
 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch normalization: the channels' sums in parallel (one task a channel, in f64 so the order of
+// the sum hardly matters), then the elementwise passes sample by sample in parallel.
+
+/// Channel `c`'s values, sample by sample, as slices (one value each for a flat input).
+fn channel_slices<'a>(
+    s: &'a BatchNormShape,
+    x: &'a [f32],
+    c: usize,
+) -> impl Iterator<Item = &'a [f32]> + 'a {
+    (0..s.batch).map(move |n| {
+        let start = (n * s.channels + c) * s.spatial;
+        &x[start..start + s.spatial]
+    })
+}
+
+/// Every channel's batch mean and biased variance, into `stats` as `[mean[C], var[C]]`.
+pub fn batchnorm_stats(s: &BatchNormShape, x: &[f32], stats: &mut [f32]) {
+    let m = s.count() as f64;
+    let per_channel: Vec<(f32, f32)> = (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = channel_slices(s, x, c)
+                .map(|v| v.iter().map(|&a| a as f64).sum::<f64>())
+                .sum();
+            let mean = sum / m;
+            let sq: f64 = channel_slices(s, x, c)
+                .map(|v| v.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>())
+                .sum();
+            (mean as f32, (sq / m) as f32)
+        })
+        .collect();
+    let (means, vars) = stats.split_at_mut(s.channels);
+    for (c, (mean, var)) in per_channel.into_iter().enumerate() {
+        (means[c], vars[c]) = (mean, var);
+    }
+}
+
+/// Move the running statistics towards the batch's `stats` (from [`batchnorm_stats`]), as
+/// [`r::batchnorm_update_running`] does.
+pub fn batchnorm_update_running(
+    s: &BatchNormShape,
+    stats: &[f32],
+    run_mean: &mut [f32],
+    run_var: &mut [f32],
+) {
+    let momentum = r::BN_MOMENTUM as f32;
+    let m = s.count() as f64;
+    let unbias = (m / (m - 1.0).max(1.0)) as f32;
+    let (means, vars) = stats.split_at(s.channels);
+    for c in 0..s.channels {
+        run_mean[c] = (1.0 - momentum) * run_mean[c] + momentum * means[c];
+        run_var[c] = (1.0 - momentum) * run_var[c] + momentum * vars[c] * unbias;
+    }
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias`, with `stats` = `[mean[C], var[C]]`
+/// (the batch's while training, the running ones at evaluation).
+pub fn batchnorm_forward(
+    s: &BatchNormShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    stats: &[f32],
+    y: &mut [f32],
+) {
+    let (means, vars) = stats.split_at(s.channels);
+    let inv_std: Vec<f32> = vars
+        .iter()
+        .map(|&v| 1.0 / (v + r::BN_EPS as f32).sqrt())
+        .collect();
+    let len = s.channels * s.spatial;
+    per_sample(len, s.batch, x, y, |x, y| {
+        for c in 0..s.channels {
+            let range = c * s.spatial..(c + 1) * s.spatial;
+            for (y, &x) in y[range.clone()].iter_mut().zip(&x[range]) {
+                *y = (x - means[c]) * inv_std[c] * weight[c] + bias[c];
+            }
+        }
+    });
+}
+
+/// The gradients of the training pass with the batch `stats`: `d_weight`, `d_bias` and, when
+/// given, `d_x`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    s: &BatchNormShape,
+    x: &[f32],
+    d_y: &[f32],
+    weight: &[f32],
+    stats: &[f32],
+    d_x: Option<&mut [f32]>,
+    d_weight: &mut [f32],
+    d_bias: &mut [f32],
+) {
+    let (means, vars) = stats.split_at(s.channels);
+    let inv_std: Vec<f32> = vars
+        .iter()
+        .map(|&v| 1.0 / (v + r::BN_EPS as f32).sqrt())
+        .collect();
+    let sums: Vec<(f32, f32)> = (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            let (mean, k) = (means[c] as f64, inv_std[c] as f64);
+            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
+            for (x, dy) in channel_slices(s, x, c).zip(channel_slices(s, d_y, c)) {
+                for (&x, &dy) in x.iter().zip(dy) {
+                    sum_dy += dy as f64;
+                    sum_dy_xhat += dy as f64 * (x as f64 - mean) * k;
+                }
+            }
+            (sum_dy as f32, sum_dy_xhat as f32)
+        })
+        .collect();
+    for (c, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
+        (d_bias[c], d_weight[c]) = (sum_dy, sum_dy_xhat);
+    }
+    let Some(d_x) = d_x else { return };
+    let m = s.count() as f32;
+    let len = s.channels * s.spatial;
+    d_x[..s.batch * len]
+        .par_chunks_mut(len)
+        .zip(x.par_chunks(len).zip(d_y.par_chunks(len)))
+        .for_each(|(dx, (x, dy))| {
+            for c in 0..s.channels {
+                let (mean, k, w) = (means[c], inv_std[c], weight[c]);
+                let (mean_dy, mean_dy_xhat) = (d_bias[c] / m, d_weight[c] / m);
+                let range = c * s.spatial..(c + 1) * s.spatial;
+                for ((dx, &x), &dy) in dx[range.clone()]
+                    .iter_mut()
+                    .zip(&x[range.clone()])
+                    .zip(&dy[range])
+                {
+                    let xhat = (x - mean) * k;
+                    *dx = w * k * (dy - mean_dy - xhat * mean_dy_xhat);
+                }
+            }
+        });
 }
 
 #[cfg(test)]

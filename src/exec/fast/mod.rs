@@ -47,6 +47,8 @@ pub struct FastCpu {
     argmax: Vec<Vec<u32>>,
     /// Per dense layer: its forward pass's transposed input and output.
     dense_scratch: Vec<Vec<f32>>,
+    /// Per batch normalization: the statistics of the last pass, `[mean[C], var[C]]`.
+    norm_stats: Vec<Vec<f32>>,
     /// Per layer: a convolution followed by a ReLU, which it applies itself (the ReLU's forward
     /// pass then only hands the buffer on).
     relu_after: Vec<bool>,
@@ -85,6 +87,7 @@ impl FastCpu {
         let mut convs = Vec::new();
         let mut argmax = Vec::new();
         let mut dense_scratch = Vec::new();
+        let mut norm_stats = Vec::new();
         for l in &net.layers {
             acts.push(vec![0.0; capacity * l.output.len()]);
             d_acts.push(vec![0.0; capacity * l.output.len()]);
@@ -94,6 +97,10 @@ impl FastCpu {
             });
             dense_scratch.push(match l.layer {
                 Layer::Dense { .. } => vec![0.0; dense_scratch_len(&l.dense_shape(capacity))],
+                _ => Vec::new(),
+            });
+            norm_stats.push(match l.layer {
+                Layer::BatchNorm => vec![0.0; 2 * l.input.channels],
                 _ => Vec::new(),
             });
             argmax.push(if matches!(l.layer, Layer::MaxPool2d { .. }) {
@@ -129,6 +136,7 @@ impl FastCpu {
             convs,
             argmax,
             dense_scratch,
+            norm_stats,
             relu_after,
             relu_before,
             labels: Vec::with_capacity(capacity),
@@ -186,6 +194,23 @@ impl FastCpu {
                     Some(step) => dropout_apply(l, p, self.host.seed, step, batch, x, y),
                     None => y.copy_from_slice(x),
                 },
+                Layer::BatchNorm => {
+                    let s = l.norm_shape(batch);
+                    let stats = &mut self.norm_stats[i];
+                    let m = l.running.unwrap();
+                    let running = &mut self.host.buffers[m..m + 2];
+                    if dropout.is_some() {
+                        batchnorm_stats(&s, x, stats);
+                        let (mean, var) = running.split_at_mut(1);
+                        batchnorm_update_running(&s, stats, &mut mean[0], &mut var[0]);
+                    } else {
+                        stats[..s.channels].copy_from_slice(&running[0]);
+                        stats[s.channels..].copy_from_slice(&running[1]);
+                    }
+                    let (w, b) = (l.weight.unwrap(), l.bias.unwrap());
+                    let (w, b) = (&self.host.params[w], &self.host.params[b]);
+                    batchnorm_forward(&s, x, w, b, stats, y);
+                }
             }
             if dropout.is_some() {
                 record(&mut self.profile, i, started);
@@ -239,6 +264,14 @@ impl FastCpu {
                     if !first {
                         dense_backward_input(&s, d_y, &self.host.params[w], relu_input, d_x);
                     }
+                }
+                Layer::BatchNorm => {
+                    let (w, b) = (l.weight.unwrap(), l.bias.unwrap());
+                    let (lo, hi) = self.grads.split_at_mut(b);
+                    let d_x = (!first).then_some(d_x);
+                    let (weight, stats) = (&self.host.params[w], &self.norm_stats[i]);
+                    let s = l.norm_shape(batch);
+                    batchnorm_backward(&s, x, d_y, weight, stats, d_x, &mut lo[w], &mut hi[0]);
                 }
                 _ if first => {}
                 Layer::MaxPool2d { .. } => {

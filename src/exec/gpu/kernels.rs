@@ -49,6 +49,13 @@ const CONV_FAST: &[Access] = &[
     ReadWrite,
 ];
 
+/// Batch normalization: [`LAYER_WITH_PARAMS`], the pass's statistics (scratch) and the running
+/// statistics.
+const BATCH_NORM: &[Access] = &[
+    Constants, Constants, Read, Read, Read, ReadWrite, Read, ReadWrite, ReadWrite, ReadWrite,
+    ReadWrite, ReadWrite,
+];
+
 pub const SHADERS: &[ShaderFile] = &[
     ShaderFile {
         name: "batch",
@@ -151,6 +158,18 @@ pub const SHADERS: &[ShaderFile] = &[
         ),
         bindings: LAYER_WITHOUT_PARAMS,
         entry_points: &["dropout_forward", "dropout_backward"],
+        subgroups: false,
+    },
+    ShaderFile {
+        name: "batchnorm",
+        source: include_str!("../../../shaders/batchnorm.wgsl"),
+        bindings: BATCH_NORM,
+        entry_points: &[
+            "batchnorm_stats",
+            "batchnorm_forward",
+            "batchnorm_backward_reduce",
+            "batchnorm_backward_input",
+        ],
         subgroups: false,
     },
     ShaderFile {
@@ -441,6 +460,10 @@ pub fn dense_dims(s: &DenseShape, has_bias: bool) -> Vec<u32> {
 
 pub fn element_dims(per_sample: usize) -> Vec<u32> {
     vec![per_sample as u32, 0, 0, 0]
+}
+
+pub fn norm_dims(s: &crate::ops::BatchNormShape) -> Vec<u32> {
+    vec![s.channels as u32, s.spatial as u32, 0, 0]
 }
 
 pub fn dropout_dims(per_sample: usize, p: f32, seed: u32) -> Vec<u32> {

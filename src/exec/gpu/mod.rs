@@ -73,6 +73,10 @@ pub struct GpuExecutor {
     arena: Arena,
     /// Every parameter tensor, one after another (see [`Arena`]).
     params: wgpu::Buffer,
+    /// Where each running statistic lies in `running`.
+    running_arena: Arena,
+    /// Batch normalization's running statistics, updated by its kernels while training.
+    running: wgpu::Buffer,
     /// The optimizer's state, laid out as `params`: SGD's velocity or Adam's first moment, and
     /// Adam's second moment.
     velocity: wgpu::Buffer,
@@ -128,6 +132,36 @@ impl Arena {
             slots,
             words: words.max(4),
         }
+    }
+
+    /// The running statistics ([`Network::buffers`]): each batch normalization's mean and
+    /// variance side by side, the pair starting at an aligned offset, so the layer binds both as
+    /// one range (see [`Arena::pair_binding`]).
+    fn for_buffers(net: &Network, align_bytes: u64) -> Arena {
+        let align = (align_bytes as usize / 4).max(4);
+        let mut slots = vec![(0, 0); net.buffers.len()];
+        let mut words = 0;
+        for m in net.layers.iter().filter_map(|l| l.running) {
+            let c = net.buffers[m].len();
+            slots[m] = (words, c);
+            slots[m + 1] = (words + c, c);
+            words = (words + 2 * c).next_multiple_of(align);
+        }
+        Arena {
+            slots,
+            words: words.max(4),
+        }
+    }
+
+    /// Tensors `p` and `p + 1` as one range of `buffer` (a batch normalization's running mean
+    /// and variance).
+    fn pair_binding<'a>(&self, buffer: &'a wgpu::Buffer, p: usize) -> wgpu::BindingResource<'a> {
+        let (offset, len) = self.slots[p];
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: 4 * offset as u64,
+            size: wgpu::BufferSize::new(4 * 2 * len.max(1) as u64),
+        })
     }
 
     /// Parameter `p`'s range of `buffer`, for a bind group.
@@ -266,7 +300,7 @@ impl GpuExecutor {
         let unused_d_bias = g.storage("unused d_bias", 4);
         let unused_input = g.storage("unused input", 4);
 
-        check_tensors(&net, "parameter", params)?;
+        check_tensors(&net.params, "parameter", params)?;
         let arena = Arena::new(&net, g.limits.min_storage_buffer_offset_alignment as u64);
         let arena_bytes = 4 * arena.words as u64;
         if arena_bytes > max_binding {
@@ -278,6 +312,12 @@ impl GpuExecutor {
         }
         let param_buffer = g.storage_init("parameters", bytemuck::cast_slice(&arena.pack(params)));
         let grad_buffer = g.storage("gradients", arena_bytes);
+        let running_arena =
+            Arena::for_buffers(&net, g.limits.min_storage_buffer_offset_alignment as u64);
+        let running = g.storage_init(
+            "running statistics",
+            bytemuck::cast_slice(&running_arena.pack(&net.init_buffers())),
+        );
         let velocity = g.storage("velocity / exp_avg", arena_bytes);
         let second = g.storage("exp_avg_sq", arena_bytes);
         let adam_step = g.constants("adam step", &[0; 8]);
@@ -389,6 +429,7 @@ impl GpuExecutor {
                     buffers.extend(whole(&[y, d_y, d_x]));
                     buffers.extend([d_weight, d_bias]);
                     buffers.extend(scratch.as_ref().map(|s| s.as_entire_binding()));
+                    buffers.extend(l.running.map(|m| running_arena.pair_binding(&running, m)));
                     bind(&op, &label, &buffers)
                 }
                 None => bind(&op, &label, &whole(&[&step_words, x, y, d_y, d_x])),
@@ -467,6 +508,8 @@ impl GpuExecutor {
             order,
             arena,
             params: param_buffer,
+            running_arena,
+            running,
             velocity,
             second,
             sgd_constants,
@@ -654,7 +697,7 @@ impl Executor for GpuExecutor {
     }
 
     fn set_parameters(&mut self, params: &[Vec<f32>]) -> Result<()> {
-        check_tensors(&self.net, "parameter", params)?;
+        check_tensors(&self.net.params, "parameter", params)?;
         let queue = &self.gpu.queue;
         queue.write_buffer(
             &self.params,
@@ -672,12 +715,32 @@ impl Executor for GpuExecutor {
         self.read_per_parameter(&self.params, "reading the parameters back")
     }
 
+    fn buffers(&mut self) -> Result<Vec<Vec<f32>>> {
+        if self.net.buffers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = "reading the running statistics back";
+        let all = self
+            .gpu
+            .read_f32(&[(&self.running, self.running_arena.words)], what)?;
+        Ok(self.running_arena.unpack(&all[0]))
+    }
+
+    fn set_buffers(&mut self, buffers: &[Vec<f32>]) -> Result<()> {
+        check_tensors(&self.net.buffers, "buffer", buffers)?;
+        let all = self.running_arena.pack(buffers);
+        self.gpu
+            .queue
+            .write_buffer(&self.running, 0, bytemuck::cast_slice(&all));
+        self.gpu.check("uploading the running statistics")
+    }
+
     fn momentum(&mut self) -> Result<Vec<Vec<f32>>> {
         self.read_per_parameter(&self.velocity, "reading the momentum back")
     }
 
     fn set_momentum(&mut self, momentum: &[Vec<f32>]) -> Result<()> {
-        check_tensors(&self.net, "momentum", momentum)?;
+        check_tensors(&self.net.params, "momentum", momentum)?;
         let all = self.arena.pack(momentum);
         self.gpu
             .queue
@@ -690,7 +753,7 @@ impl Executor for GpuExecutor {
     }
 
     fn set_second_moment(&mut self, second: &[Vec<f32>]) -> Result<()> {
-        check_tensors(&self.net, "second moment", second)?;
+        check_tensors(&self.net.params, "second moment", second)?;
         let all = self.arena.pack(second);
         self.gpu
             .queue

@@ -9,7 +9,7 @@ use crate::data::Normalization;
 use crate::exec::gpu::context::Gpu;
 use crate::exec::gpu::kernels::{self, Kernels};
 use crate::exec::gpu::plan::{self, Fused, OpPlan};
-use crate::ops::{Conv2dShape, DenseShape, Pool2dShape};
+use crate::ops::{BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::{Layer, Loss};
 
 /// Everything a layer with parameters computes.
@@ -32,6 +32,17 @@ pub struct LossResult {
     pub correct: u32,
     pub count: u32,
     pub first_bad_step: u32,
+}
+
+/// What batch normalization computes: a training step's pass (with the batch statistics), its
+/// gradients and the running statistics after it, then an evaluation pass over the same input
+/// with those running statistics.
+#[derive(Debug, Clone)]
+pub struct NormResult {
+    pub layer: LayerResult,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    pub eval_output: Vec<f32>,
 }
 
 pub struct Ops<'a> {
@@ -126,6 +137,77 @@ impl Ops<'_> {
         let op = plan::dense(s, bias.is_some(), true, self.kernels.fast(), fused);
         let lens = [n_out, n_in, n_w, s.out_features];
         self.layer_with_params(&op, s.batch, [input, weight, d_output], bias, lens)
+    }
+
+    /// Batch normalization: a training pass and its gradients from the running statistics
+    /// `running` (mean, variance), then an evaluation pass of the same input.
+    pub fn batch_norm(
+        &self,
+        s: &BatchNormShape,
+        input: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        d_output: &[f32],
+        running: (&[f32], &[f32]),
+    ) -> Result<NormResult> {
+        let g = self.gpu;
+        let mut op = plan::batch_norm(&BatchNormShape { batch: 1, ..*s }, true);
+        let len = s.batch * s.channels * s.spatial;
+        let b_input = g.storage_init("input", bytes(input));
+        let b_weight = g.storage_init("weight", bytes(weight));
+        let b_bias = g.storage_init("bias", bytes(bias));
+        let b_d_output = g.storage_init("d_output", bytes(d_output));
+        let both = [running.0, running.1].concat();
+        let b_running = g.storage_init("running", bytes(&both));
+        let lens = [len, len, s.channels, s.channels];
+        let names = ["output", "d_input", "d_weight", "d_bias"];
+        let [b_output, b_d_input, b_d_weight, b_d_bias] =
+            [0, 1, 2, 3].map(|i| self.zeros(names[i], lens[i]));
+        let stats = self.zeros("stats", op.scratch);
+        let mut read = Vec::new();
+        for training in [true, false] {
+            let step = g.constants("step", &kernels::step_words(s.batch, 0, 0, training));
+            if !training {
+                op.backward.clear();
+            }
+            let buffers = [
+                &step,
+                &b_input,
+                &b_weight,
+                &b_bias,
+                &b_output,
+                &b_d_output,
+                &b_d_input,
+                &b_d_weight,
+                &b_d_bias,
+                &stats,
+                &b_running,
+            ];
+            self.run(&op, s.batch, &buffers)?;
+            let mut wanted = vec![(&b_output, len)];
+            if training {
+                wanted.extend([
+                    (&b_d_input, len),
+                    (&b_d_weight, s.channels),
+                    (&b_d_bias, s.channels),
+                    (&b_running, 2 * s.channels),
+                ]);
+            }
+            read.extend(g.read_f32(&wanted, "batchnorm")?);
+        }
+        let [output, d_input, d_weight, d_bias, running, eval_output] =
+            <[Vec<f32>; 6]>::try_from(read).unwrap();
+        Ok(NormResult {
+            layer: LayerResult {
+                output,
+                d_input,
+                d_weight,
+                d_bias,
+            },
+            running_mean: running[..s.channels].to_vec(),
+            running_var: running[s.channels..].to_vec(),
+            eval_output,
+        })
     }
 
     /// conv2d.wgsl and dense.wgsl share their bindings: make them from `data` (input, weight,

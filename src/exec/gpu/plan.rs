@@ -9,7 +9,7 @@
 use super::kernels::{self, Work};
 use crate::data::Normalization;
 use crate::network::{dropout_seed, ResolvedLayer};
-use crate::ops::{Conv2dShape, DenseShape, Pool2dShape};
+use crate::ops::{BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::{Layer, Loss};
 
 /// How big a dispatch is, given the batch.
@@ -662,6 +662,36 @@ pub fn dropout(per_sample: usize, p: f32, seed: u32, input_grad: bool) -> OpPlan
     op
 }
 
+/// Batch normalization (shape for one sample): the statistics, one workgroup a channel, then the
+/// elementwise pass; backward, the two sums a channel, then the input gradient. `scratch` holds
+/// the pass's mean and 1/sqrt(var + eps).
+pub fn batch_norm(s: &BatchNormShape, input_grad: bool) -> OpPlan {
+    let len = s.channels * s.spatial;
+    let mut backward = vec![
+        dispatch("batchnorm_backward_reduce", Size::Groups(s.channels))
+            .cost(per_sample(4 * len), per_sample(8 * len)),
+    ];
+    if input_grad {
+        backward.push(
+            dispatch("batchnorm_backward_input", Size::PerSample(len))
+                .cost(per_sample(6 * len), per_sample(12 * len)),
+        );
+    }
+    OpPlan {
+        file: "batchnorm",
+        dims: kernels::norm_dims(s),
+        constants: Vec::new(),
+        scratch: 2 * s.channels,
+        forward: vec![
+            dispatch("batchnorm_stats", Size::Groups(s.channels))
+                .cost(per_sample(3 * len), per_sample(8 * len)),
+            dispatch("batchnorm_forward", Size::PerSample(len))
+                .cost(per_sample(3 * len), per_sample(8 * len)),
+        ],
+        backward,
+    }
+}
+
 /// Layer `i` of a network; `None` for a flatten, which runs nothing (its buffers alias), and for
 /// a dropout that its neighbours apply in both directions.
 pub fn layer(layers: &[ResolvedLayer], i: usize, seed: u64, fast: bool) -> Option<OpPlan> {
@@ -726,6 +756,7 @@ pub fn layer(layers: &[ResolvedLayer], i: usize, seed: u64, fast: bool) -> Optio
             }
             op
         }
+        Layer::BatchNorm => batch_norm(&l.norm_shape(1), input_grad),
         Layer::Flatten => return None,
     })
 }
