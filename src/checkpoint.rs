@@ -13,7 +13,9 @@
 //! `batch_size`, `optimizer` (sgd, adam, adamw), `lr`, `momentum`, `beta1`, `beta2`, `eps`,
 //! `weight_decay`, `schedule` (constant, step, cosine, onecycle), `lr_decay`, `warmup`,
 //! `normalize_mean`, `normalize_std`, `classes` (the names of the network's outputs in label
-//! order, a JSON list of strings, e.g. `["T-shirt/top","Trouser",...]`). Checkpoints written before
+//! order, a JSON list of strings, e.g. `["T-shirt/top","Trouser",...]`), `augment` (`off`, or the
+//! training images' augmentation as `shift=2,rotate=10,scale=0.1,flip=0`; checkpoints without it
+//! trained without). Checkpoints written before
 //! the optimizer and schedule fields existed load as SGD with the step schedule; those without
 //! `classes` name their classes by digit, "0" to "9" (they were all trained on MNIST).
 //! Class names are checked on loading like a data folder's `classes.txt`
@@ -33,6 +35,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::data::Normalization;
 use crate::exec::{Optimizer, OptimizerKind};
 use crate::network::{Network, Shape};
+use crate::ops::Augment;
 use crate::schedule::{Schedule, ScheduleKind, Warmup};
 use crate::spec::NetSpec;
 
@@ -57,6 +60,8 @@ pub struct CheckpointInfo {
     pub normalization: Normalization,
     /// The name of each output class, in label order (the digits for MNIST).
     pub classes: Vec<String>,
+    /// How the training images were augmented, if they were.
+    pub augment: Option<Augment>,
 }
 
 /// The optimizer's state: the first buffer per parameter (SGD's momentum, Adam's `exp_avg`) and,
@@ -164,6 +169,10 @@ pub fn save(
         ("normalize_mean", info.normalization.mean.to_string()),
         ("normalize_std", info.normalization.std.to_string()),
         ("classes", serde_json::json!(info.classes).to_string()),
+        (
+            "augment",
+            info.augment.map_or("off".to_string(), |a| a.to_string()),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -423,6 +432,15 @@ pub fn load_bytes(
             std: parse_meta(path, metadata, "normalize_std")?,
         },
         classes: class_names(path, metadata, network.classes())?,
+        augment: match metadata.get("augment").map(String::as_str) {
+            None | Some("off") => None,
+            Some(text) => Some(text.parse::<Augment>().map_err(|e| {
+                anyhow!(
+                    "{}: metadata 'augment' is '{text}': {e}; expected off or shift=N,rotate=DEG,scale=F,flip=0|1",
+                    path.display()
+                )
+            })?),
+        },
     };
     check_info(path, &info)?;
     let mut params = Vec::new();

@@ -31,7 +31,7 @@ fn err<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> anyhow::Error + '_ {
 }
 
 /// Encode an RGB buffer as PNG and write it atomically.
-fn save_png(path: &Path, rgb: Vec<u8>, width: u32, height: u32) -> Result<()> {
+pub fn save_png(path: &Path, rgb: Vec<u8>, width: u32, height: u32) -> Result<()> {
     let image = image::RgbImage::from_raw(width, height, rgb)
         .ok_or_else(|| anyhow!("internal: image buffer size"))?;
     let mut bytes = std::io::Cursor::new(Vec::new());

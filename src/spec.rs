@@ -21,6 +21,7 @@
 use std::fmt;
 
 use crate::exec::OptimizerKind;
+use crate::ops::Augment;
 use crate::schedule::{ScheduleKind, Warmup};
 
 /// One layer of the catalogue.
@@ -308,6 +309,11 @@ pub struct Preset {
     pub weight_decay: f32,
     pub schedule: ScheduleKind,
     pub warmup: Warmup,
+    /// The shipped data set it trains on when neither `--data` nor `--dataset` is given (`None`:
+    /// MNIST), as `--dataset` names it.
+    pub dataset: Option<&'static str>,
+    /// How its training images are augmented (`--augment`), if they are.
+    pub augment: Option<Augment>,
 }
 
 /// What the notebook presets share: SGD, the `step` schedule (constant when `lr_decay` is 1).
@@ -326,6 +332,8 @@ const SGD_PRESET: Preset = Preset {
     weight_decay: 0.0,
     schedule: ScheduleKind::Step,
     warmup: Warmup::None,
+    dataset: None,
+    augment: None,
 };
 
 /// The networks of the notebooks this project grew from, and a stronger default.
@@ -429,6 +437,8 @@ pub const PRESETS: &[Preset] = &[
         weight_decay: 0.0,
         schedule: ScheduleKind::OneCycle,
         warmup: Warmup::None,
+        dataset: None,
+        augment: None,
     },
 ];
 

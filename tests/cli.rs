@@ -185,6 +185,35 @@ fn bad_options_and_data_give_clear_errors() {
             "'1.5': expected a number of steps (e.g. 500) or a fraction",
         ),
         (&["--warmup", "-3"][..], "expected a number of steps"),
+        // Augmentation's ranges.
+        (
+            &["--augment-shift", "9"][..],
+            "--augment-shift: expected 0 to 8 pixels, not 9",
+        ),
+        (
+            &["--augment", "--augment-rotate", "50"][..],
+            "--augment-rotate: expected 0 to 45 degrees, not 50",
+        ),
+        (
+            &["--augment-scale", "0.5"][..],
+            "--augment-scale: expected at least 0 and below 0.5, not 0.5",
+        ),
+        (
+            &["--augment", "--no-augment"][..],
+            "'--augment' cannot be used with '--no-augment'",
+        ),
+        // A flat batch normalization and a batch of one.
+        (
+            &[
+                "--model",
+                "dense8-bn-dense10",
+                "--batch-size",
+                "1",
+                "--limit-train",
+                "10",
+            ][..],
+            "layer 2 (bn) normalizes 8 features over the batch, and a batch of 1",
+        ),
     ] {
         let (_, stderr) = text(&wgcnn(&[&["train"][..], args].concat()));
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
@@ -576,5 +605,87 @@ fn dataset_and_data_together_or_an_unknown_name_are_refused() {
         ] {
             assert!(stdout.contains(needle), "{command} --help lacks {needle}");
         }
+    }
+}
+
+/// --augment: said in the header, recorded in the checkpoint, kept by --resume (unless
+/// --no-augment), and drawn by `wgcnn augment`.
+#[test]
+fn augmentation_is_announced_saved_resumed_and_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let m = model.to_str().unwrap();
+    let data = ["--limit-train", "300", "--limit-test", "50"];
+    let run = |args: &[&str]| {
+        let out = wgcnn(&[args, &data[..]].concat());
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+        stdout
+    };
+    let out = run(&[
+        "train",
+        "--model",
+        "relu-maxpool",
+        "--epochs",
+        "1",
+        "--augment",
+        "--augment-flip",
+        "--save",
+        m,
+    ]);
+    assert!(
+        out.contains("augmentation: shifts up to 2 px, rotations up to 10 degrees, scaling up to 10%, mirrored half the time"),
+        "{out}"
+    );
+    let bytes = std::fs::read(&model).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        header.metadata().as_ref().unwrap()["augment"],
+        "shift=2,rotate=10,scale=0.1,flip=1"
+    );
+    let out = run(&[
+        "train",
+        "--resume",
+        m,
+        "--epochs",
+        "2",
+        "--augment-shift",
+        "1",
+        "--save",
+        m,
+    ]);
+    assert!(
+        out.contains("augmentation: shifts up to 1 px, rotations up to 10 degrees"),
+        "{out}"
+    );
+    let out = run(&["train", "--resume", m, "--epochs", "3", "--no-augment"]);
+    assert!(out.contains("augmentation: off"), "{out}");
+    let out = run(&["train", "--model", "relu-maxpool", "--epochs", "1"]);
+    assert!(out.contains("augmentation: off"), "{out}");
+
+    let picture = dir.path().join("aug.png");
+    let out = wgcnn(&[
+        "augment",
+        "--out",
+        picture.to_str().unwrap(),
+        "--count",
+        "5",
+        "--rows",
+        "2",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let image = image::open(&picture).unwrap();
+    // 5 columns and 3 rows of 112-pixel images, 4-pixel gaps, a wider gap under the originals.
+    assert_eq!((image.width(), image.height()), (5 * 116 + 4, 3 * 116 + 8));
+    for (args, needle) in [
+        (&["--count", "0"][..], "--count 0: expected 1 to 32 images"),
+        (&["--no-augment"][..], "there is nothing to show"),
+    ] {
+        let out = wgcnn(&[&["augment", "--out", picture.to_str().unwrap()][..], args].concat());
+        let (_, stderr) = text(&out);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
     }
 }

@@ -387,3 +387,86 @@ fn training_trajectories_match_the_reference_on_every_executor() {
         }
     }
 }
+
+/// Training with augmentation: every executor draws the same transforms (GPU: the augmented
+/// gather kernel; CPU: the reference's function), so the trajectories agree as without it; and
+/// evaluation never augments: its result is the same with augmentation on or off.
+#[test]
+fn augmented_training_matches_the_reference_on_every_executor() {
+    let data = mnist_subset(40);
+    let net = Network::new(
+        &NetSpec::parse("conv4k3-bn-relu-maxpool2-dense10").unwrap(),
+        Shape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        },
+    )
+    .unwrap();
+    let (seed, batch) = (3, 8);
+    let params = net.init_params(seed);
+    let augment = wgcnn::ops::Augment {
+        flip: true,
+        ..wgcnn::ops::Augment::DEFAULT
+    };
+    let opt = Optimizer::sgd(0.05, 0.9);
+    for (device, mut exec) in executors(&net, &params, &data, seed, batch) {
+        let mut reference = CpuReference::new(
+            net.clone(),
+            params.clone(),
+            data.clone(),
+            data.clone(),
+            Normalization::UNIT,
+            seed,
+        );
+        let order: Vec<u32> = (0..data.len() as u32).collect();
+        for e in [&mut reference as &mut dyn Executor, exec.as_mut()] {
+            e.begin_epoch(&order).unwrap();
+            e.set_augment(Some(augment)).unwrap();
+        }
+        let mut plain = CpuReference::new(
+            net.clone(),
+            params.clone(),
+            data.clone(),
+            data.clone(),
+            Normalization::UNIT,
+            seed,
+        );
+        plain.begin_epoch(&order).unwrap();
+        for step in 0..5 {
+            let start = step * batch;
+            reference
+                .train_step(start, batch, step as u32, opt)
+                .unwrap();
+            exec.train_step(start, batch, step as u32, opt).unwrap();
+            plain.train_step(start, batch, step as u32, opt).unwrap();
+            let (r, e, p) = (
+                reference.take_train_metrics().unwrap(),
+                exec.take_train_metrics().unwrap(),
+                plain.take_train_metrics().unwrap(),
+            );
+            let tag = format!("augmented step {step} on {device}");
+            close_tol(
+                &format!("{tag} loss"),
+                &[e.mean_loss() as f32],
+                &[r.mean_loss() as f32],
+                (1e-5, 1e-4),
+            );
+            assert_ne!(
+                r.mean_loss(),
+                p.mean_loss(),
+                "{tag}: augmentation changed nothing"
+            );
+            let (pr, pe) = (reference.parameters().unwrap(), exec.parameters().unwrap());
+            for (info, (r, e)) in net.params.iter().zip(pr.iter().zip(&pe)) {
+                close_tol(&format!("{tag} {}", info.name), e, r, (2e-5, 1e-3));
+            }
+        }
+        let on = exec.evaluate(Split::Test).unwrap();
+        exec.set_augment(None).unwrap();
+        let off = exec.evaluate(Split::Test).unwrap();
+        assert_eq!(on, off, "{device}: evaluation must not augment");
+        let r = reference.evaluate(Split::Test).unwrap();
+        assert_eq!(r.correct, on.correct, "{device}: evaluation correct count");
+    }
+}

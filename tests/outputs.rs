@@ -48,6 +48,7 @@ fn info(spec: &NetSpec, epoch: usize) -> CheckpointInfo {
         },
         normalization: Normalization::UNIT,
         classes: wgcnn::data::digit_classes(),
+        augment: None,
     }
 }
 
@@ -1220,4 +1221,45 @@ fn every_command_explains_its_options_and_defaults() {
     ]));
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.starts_with("final test accuracy"), "{stdout}");
+}
+
+/// The `augment` metadata: read back as written, absent in older checkpoints (no augmentation),
+/// and refused naming the file and the field when malformed.
+#[test]
+fn checkpoints_record_their_augmentation_and_refuse_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (net, mut exec) = trained("conv8k3-relu-maxpool2-dense10");
+    let params = exec.parameters().unwrap();
+    let augmented = CheckpointInfo {
+        augment: Some(wgcnn::ops::Augment::DEFAULT),
+        ..info(&net.spec, 1)
+    };
+    let path = dir.path().join("aug.safetensors");
+    checkpoint::save(&path, &net, &params, &[], None, &augmented).unwrap();
+    assert_eq!(
+        checkpoint::load(&path, MNIST, None).unwrap().info,
+        augmented
+    );
+    let old = dir.path().join("old.safetensors");
+    rewrite_metadata(&path, &old, |m| {
+        m.remove("augment");
+    });
+    assert_eq!(
+        checkpoint::load(&old, MNIST, None).unwrap().info.augment,
+        None
+    );
+    for (value, says) in [
+        ("shift=20,rotate=10,scale=0.1,flip=0", "from 0 to 8"),
+        ("sideways", "expected key=value"),
+    ] {
+        let bad = dir.path().join("bad.safetensors");
+        rewrite_metadata(&path, &bad, |m| {
+            m.insert("augment".into(), value.into());
+        });
+        let e = checkpoint::load(&bad, MNIST, None).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.safetensors: metadata 'augment' is") && e.contains(says),
+            "{value}: {e}"
+        );
+    }
 }

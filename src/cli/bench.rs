@@ -134,12 +134,15 @@ pub struct BenchArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub augment: super::AugmentArgs,
 }
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let resolved = resolve_model(&args.model, &super::ScheduleArgs::default(), None)?;
     let net = mnist_network(&resolved.spec)?;
-    let (train_set, test_set) = load_data(&args.data, &args.data.folder())?;
+    let (train_set, test_set) =
+        load_data(&args.data, &super::run_data_folder(&args.data, &args.model))?;
     let c = resolved.config;
     let train_len = train_set.len();
     let parameters = net.parameter_count();
@@ -160,6 +163,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         c.seed,
         c.batch_size,
     )?;
+    exec.set_augment(args.augment.resolve(resolved.augment)?)?;
     if args.profile {
         let config = BenchConfig {
             batch_size: c.batch_size,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod augment;
 pub mod bench;
 pub mod eval;
 pub mod predict;
@@ -29,6 +30,7 @@ use crate::exec::fast::FastCpu;
 use crate::exec::gpu::{AdapterChoice, Gpu, GpuExecutor, Kernels};
 use crate::exec::{Executor, Optimizer, OptimizerKind};
 use crate::network::{Network, Shape};
+use crate::ops::Augment;
 use crate::schedule::{Schedule, ScheduleKind, Warmup};
 use crate::spec::{self, NetSpec, PRESETS};
 use crate::train::TrainConfig;
@@ -56,6 +58,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// List the named networks with their specs and training defaults.
     Presets,
+    /// Draw a few training images next to their augmented versions (what --augment does).
+    Augment(augment::AugmentPreviewArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +102,95 @@ pub struct ModelArgs {
     /// Seed of the weight initialisation, the shuffles and the dropout masks [default: 1, or that of --resume].
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+/// Data augmentation of the training images (`train`, `bench`, and `augment` to look at it).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AugmentArgs {
+    /// Augment the training images: each moved by a random whole-pixel shift, turned and scaled
+    /// about its centre, drawn from the seed and the step, the same on every executor; the test
+    /// set never is [default: the preset's (best, fashion), or that of --resume; else off].
+    /// Giving any --augment-* option turns it on too.
+    #[arg(long)]
+    pub augment: bool,
+    /// Train on the images as they are, even where the preset or --resume augments.
+    #[arg(long, conflicts_with_all = ["augment", "augment_shift", "augment_rotate", "augment_scale", "augment_flip"])]
+    pub no_augment: bool,
+    /// The largest shift in pixels along each axis, 0 to 8 [default: 2, or the preset's].
+    #[arg(long, value_name = "PX")]
+    pub augment_shift: Option<u32>,
+    /// The largest rotation in degrees, 0 to 45 [default: 10, or the preset's].
+    #[arg(long, value_name = "DEG")]
+    pub augment_rotate: Option<f32>,
+    /// The largest relative change of size, at least 0 and below 0.5 [default: 0.1, or the preset's].
+    #[arg(long, value_name = "F")]
+    pub augment_scale: Option<f32>,
+    /// Also mirror left to right, half the time (for pictures of things, not of digits).
+    #[arg(long)]
+    pub augment_flip: bool,
+}
+
+impl AugmentArgs {
+    /// The augmentation asked for, starting from `base` (the preset's or the checkpoint's).
+    pub fn resolve(&self, base: Option<Augment>) -> Result<Option<Augment>> {
+        if self.no_augment {
+            return Ok(None);
+        }
+        let options = self.augment_shift.is_some()
+            || self.augment_rotate.is_some()
+            || self.augment_scale.is_some()
+            || self.augment_flip;
+        let Some(mut a) = base.or((self.augment || options).then_some(Augment::DEFAULT)) else {
+            return Ok(None);
+        };
+        a.shift = self.augment_shift.unwrap_or(a.shift);
+        a.rotate = self.augment_rotate.unwrap_or(a.rotate);
+        a.scale = self.augment_scale.unwrap_or(a.scale);
+        a.flip |= self.augment_flip;
+        let flag = |name: &str, ok: bool, expected: String| -> Result<()> {
+            anyhow::ensure!(ok, "--augment-{name}: expected {expected}");
+            Ok(())
+        };
+        flag(
+            "shift",
+            a.shift <= Augment::MAX_SHIFT,
+            format!("0 to {} pixels, not {}", Augment::MAX_SHIFT, a.shift),
+        )?;
+        flag(
+            "rotate",
+            (0.0..=Augment::MAX_ROTATE).contains(&a.rotate),
+            format!("0 to {} degrees, not {}", Augment::MAX_ROTATE, a.rotate),
+        )?;
+        flag(
+            "scale",
+            (0.0..Augment::MAX_SCALE).contains(&a.scale),
+            format!(
+                "at least 0 and below {}, not {}",
+                Augment::MAX_SCALE,
+                a.scale
+            ),
+        )?;
+        Ok(Some(a))
+    }
+}
+
+/// For the training header: e.g. "shifts up to 2 px, rotations up to 10 degrees, scaling up to
+/// 10%, mirrored half the time".
+pub(crate) fn describe_augment(a: Option<&Augment>) -> String {
+    match a {
+        None => "off".into(),
+        Some(a) => format!(
+            "shifts up to {} px, rotations up to {} degrees, scaling up to {}%{}",
+            a.shift,
+            a.rotate,
+            a.scale * 100.0,
+            if a.flip {
+                ", mirrored half the time"
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 /// How the learning rate moves during training (`train` only: `bench` runs at the base rate).
@@ -210,6 +303,8 @@ pub(crate) const CUSTOM_DEFAULTS: spec::Preset = spec::Preset {
     weight_decay: 0.0,
     schedule: ScheduleKind::Step,
     warmup: Warmup::None,
+    dataset: None,
+    augment: None,
 };
 
 /// The training settings of `args`, each missing one taken from `defaults` (a preset's or a
@@ -260,6 +355,8 @@ pub struct Resolved {
     pub config: TrainConfig,
     /// The preset's input normalisation (unit for a custom spec).
     pub standardize: bool,
+    /// The preset's augmentation of the training images (none for a custom spec).
+    pub augment: Option<Augment>,
 }
 
 pub fn resolve_model(
@@ -291,6 +388,7 @@ pub fn resolve_model(
         spec,
         config,
         standardize,
+        augment: defaults.augment,
     })
 }
 
@@ -351,6 +449,20 @@ impl DataArgs {
         self.chosen_folder()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))
     }
+}
+
+/// The data folder of a new run: `--data` or `--dataset`, else the data set of the preset
+/// `--model` names (`fashion` trains on Fashion-MNIST), else `assets/mnist`.
+pub(crate) fn run_data_folder(data: &DataArgs, model: &ModelArgs) -> PathBuf {
+    let preset = model.model.as_deref().unwrap_or("default");
+    let preset_set = spec::preset(preset).ok().and_then(|p| p.dataset);
+    data.chosen_folder()
+        .or_else(|| {
+            preset_set
+                .and_then(|name| DatasetName::from_str(name, false).ok())
+                .map(DatasetName::folder)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))
 }
 
 /// The folder of the shipped data set (`--dataset`) whose classes are `names`; `assets/mnist`
@@ -579,6 +691,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run_eval(&args),
         Command::Predict(args) => predict::run_predict(&args),
         Command::Bench(args) => bench::run_bench(&args),
+        Command::Augment(args) => augment::run_augment(&args),
     }
 }
 

@@ -23,6 +23,8 @@ pub struct TrainArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
+    #[command(flatten)]
+    pub augment: super::AugmentArgs,
     /// Epochs to reach, counting those of --resume [default: the preset's; with --resume, one more].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -114,6 +116,7 @@ impl train::Observer for Reporter<'_> {
                 "device": self.device,
                 "model": self.model,
                 "classes": self.info.classes,
+                "augment": self.info.augment.map(|a| a.to_string()),
             });
             writeln!(file, "{line}")
                 .and_then(|_| file.flush())
@@ -177,10 +180,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
     let data_folder = match (args.data.chosen_folder(), &resumed) {
         (Some(folder), _) => folder,
         (None, Some(ck)) => super::shipped_folder_of(&ck.info.classes),
-        (None, None) => args.data.folder(),
+        (None, None) => super::run_data_folder(&args.data, &args.model),
     };
     let classes = data::class_names(&data_folder)?;
-    let (name, spec, config, norm, first_epoch, params, running, state) = match resumed {
+    let (name, spec, config, norm, first_epoch, params, running, state, augment) = match resumed {
         Some(ck) => {
             if let Some(model) = &args.model.model {
                 let wanted = match spec::preset(model) {
@@ -259,6 +262,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                     }
                     same
                 }),
+                args.augment.resolve(i.augment)?,
             )
         }
         None => {
@@ -275,6 +279,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
                 params,
                 net.init_buffers(),
                 None,
+                args.augment.resolve(r.augment)?,
             )
         }
     };
@@ -333,6 +338,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         c.schedule.describe(total_steps),
         c.seed
     ));
+    say(format!(
+        "augmentation: {}",
+        super::describe_augment(augment.as_ref())
+    ));
     if first_epoch > c.epochs {
         println!("nothing to do: the checkpoint has already trained {} epochs (ask for more with --epochs)", first_epoch - 1);
         return Ok(());
@@ -349,6 +358,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         c.batch_size,
     )?;
     exec.set_buffers(&running)?;
+    exec.set_augment(augment)?;
     if let Some(state) = &state {
         exec.set_momentum(&state.first)?;
         if let Some(second) = &state.second {
@@ -388,6 +398,7 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             schedule: c.schedule,
             normalization: norm,
             classes,
+            augment,
         },
         steps_per_epoch: steps_per_epoch as u64,
     };

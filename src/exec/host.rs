@@ -21,8 +21,10 @@ pub struct HostState {
     pub train: Dataset,
     pub test: Dataset,
     pub norm: Normalization,
-    /// The run's seed (dropout masks).
+    /// The run's seed (dropout masks, augmentation).
     pub seed: u64,
+    /// How training images are augmented, if they are.
+    pub augment: Option<crate::ops::Augment>,
     /// This epoch's order of training images.
     pub order: Vec<u32>,
     /// Training metrics since they were last taken.
@@ -49,6 +51,7 @@ impl HostState {
             test,
             norm,
             seed,
+            augment: None,
             order: Vec::new(),
             metrics: Metrics::default(),
         }
@@ -140,6 +143,10 @@ macro_rules! delegate_to_host {
         }
         fn set_second_moment(&mut self, second: &[Vec<f32>]) -> anyhow::Result<()> {
             self.host.set_second_moment(second)
+        }
+        fn set_augment(&mut self, augment: Option<$crate::ops::Augment>) -> anyhow::Result<()> {
+            self.host.augment = augment;
+            Ok(())
         }
         fn begin_epoch(&mut self, order: &[u32]) -> anyhow::Result<()> {
             self.host.begin_epoch(order);

@@ -215,6 +215,11 @@ pub trait Executor {
     /// The logits of every test image, `[test images, classes]` row by row, dropout off.
     fn test_logits(&mut self) -> Result<Vec<f32>>;
 
+    /// Augment each training image from now on (`None`: train on them as they are), with the
+    /// transforms of [`crate::ops::augment`] drawn from the run's seed and the step. Evaluation
+    /// and the test set never are.
+    fn set_augment(&mut self, augment: Option<crate::ops::Augment>) -> Result<()>;
+
     /// The order in which training images are visited this epoch (indices into the training set).
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()>;
 

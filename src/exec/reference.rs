@@ -249,7 +249,14 @@ impl Executor for CpuReference {
 
     fn train_step(&mut self, start: usize, len: usize, step: u32, opt: Optimizer) -> Result<()> {
         let h = &self.host;
-        let (images, labels) = gather_batch(&h.train, &h.order[start..start + len], h.norm);
+        let indices = &h.order[start..start + len];
+        let (images, labels) = match &h.augment {
+            Some(a) => {
+                let seed = r::augment_seed(h.seed);
+                r::gather_batch_augmented(&h.train, indices, h.norm, a, seed, step)
+            }
+            None => gather_batch(&h.train, indices, h.norm),
+        };
         let (loss, correct, grads, activations) = self.forward_backward(images, &labels, step);
         if !loss.is_finite() {
             return Err(Diverged { step, loss }.into());

@@ -14,6 +14,7 @@
 //! | batch normalization | [`batchnorm`] | `shaders/batchnorm.wgsl` | `tests/ops/batchnorm.rs` |
 //! | losses and accuracy | [`loss`] | `shaders/loss.wgsl` | `tests/ops/loss.rs` |
 //! | batch gathering | [`batch`] | `shaders/batch.wgsl` | `tests/ops/batch.rs` |
+//! | data augmentation | [`augment`] | `shaders/batch.wgsl` | `tests/ops/augment.rs` |
 //! | SGD with momentum | [`sgd`] | `shaders/sgd.wgsl` | `tests/ops/sgd.rs` |
 //! | Adam, AdamW | [`adam`] | `shaders/adam.wgsl` | `tests/ops/adam.rs` |
 //!
@@ -31,6 +32,7 @@ use num_traits::Float;
 
 pub mod activation;
 pub mod adam;
+pub mod augment;
 pub mod batch;
 pub mod batchnorm;
 pub mod conv2d;
@@ -42,6 +44,7 @@ pub mod sgd;
 
 pub use activation::*;
 pub use adam::*;
+pub use augment::*;
 pub use batch::*;
 pub use batchnorm::*;
 pub use conv2d::*;

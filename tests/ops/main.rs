@@ -12,6 +12,7 @@ mod common;
 
 mod activation;
 mod adam;
+mod augment;
 mod batchnorm;
 mod conv2d;
 mod dense;

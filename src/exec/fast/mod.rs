@@ -423,13 +423,28 @@ impl FastCpu {
     ) -> Result<()> {
         let layers = self.host.net.layers.len();
         let started = Instant::now();
-        gather(
-            &self.host.train,
-            &self.host.order[start..start + len],
-            self.host.norm,
-            &mut self.acts[0],
-            &mut self.labels,
-        );
+        let h = &self.host;
+        let indices = &h.order[start..start + len];
+        match &h.augment {
+            Some(a) => {
+                let how = (a, r::augment_seed(h.seed), step);
+                gather_augmented(
+                    &h.train,
+                    indices,
+                    h.norm,
+                    how,
+                    &mut self.acts[0],
+                    &mut self.labels,
+                )
+            }
+            None => gather(
+                &h.train,
+                indices,
+                h.norm,
+                &mut self.acts[0],
+                &mut self.labels,
+            ),
+        }
         record(&mut self.profile, 2 * layers, started);
         self.forward(len, Some(step));
         let started = Instant::now();

@@ -59,9 +59,12 @@ const BATCH_NORM: &[Access] = &[
 pub const SHADERS: &[ShaderFile] = &[
     ShaderFile {
         name: "batch",
-        source: include_str!("../../../shaders/batch.wgsl"),
+        source: concat!(
+            include_str!("../../../shaders/dropout_mask.wgsl"),
+            include_str!("../../../shaders/batch.wgsl")
+        ),
         bindings: &[Constants, Constants, Read, Read, Read, ReadWrite, ReadWrite],
-        entry_points: &["gather_batch"],
+        entry_points: &["gather_batch", "gather_batch_augmented"],
         subgroups: false,
     },
     ShaderFile {

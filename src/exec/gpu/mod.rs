@@ -98,6 +98,9 @@ pub struct GpuExecutor {
     train_plan: Vec<Planned>,
     eval_plan: Vec<Planned>,
     in_flight: VecDeque<wgpu::SubmissionIndex>,
+    /// The run's seed and normalisation, for the augmented gather's pipeline.
+    seed: u64,
+    norm: Normalization,
     /// When set, every dispatch of a training step is timed (see [`Executor::enable_profiling`]).
     profile: Option<Profile>,
 }
@@ -362,8 +365,8 @@ impl GpuExecutor {
                 .collect::<Result<Vec<_>>>()
         };
 
-        let gather_train = plan::gather_batch(IMAGE_PIXELS, false, norm);
-        let gather_eval = plan::gather_batch(IMAGE_PIXELS, true, norm);
+        let gather_train = plan::gather_batch(IMAGE_PIXELS, false, norm, None);
+        let gather_eval = plan::gather_batch(IMAGE_PIXELS, true, norm, None);
         let buffers =
             |images, labels| [&step_words, images, labels, &order, &acts[0], &batch_labels];
         let bg = bind(
@@ -524,6 +527,8 @@ impl GpuExecutor {
             train_plan,
             eval_plan,
             in_flight: VecDeque::new(),
+            seed,
+            norm,
             profile: None,
         })
     }
@@ -781,6 +786,25 @@ impl Executor for GpuExecutor {
             bytemuck::cast_slice(&kernels::metrics_zero()),
         );
         Ok(logits)
+    }
+
+    /// The training plan's first dispatch is the gather; augmentation swaps its pipeline for
+    /// `gather_batch_augmented` (same bindings), specialised on the ranges and the run's stream.
+    fn set_augment(&mut self, augment: Option<crate::ops::Augment>) -> Result<()> {
+        let seeded = augment.map(|a| (a, crate::ops::augment_seed(self.seed)));
+        let op = plan::gather_batch(IMAGE_PIXELS, false, self.norm, seeded);
+        let dispatch = op.forward[0];
+        let g = &*self.gpu;
+        let pipeline = self
+            .kernels
+            .pipeline(g, op.file, dispatch.entry, &op.constants)?;
+        let first = &mut self.train_plan[0];
+        assert!(first.dispatch.entry.starts_with("gather_batch"));
+        (first.dispatch, first.pipeline) = (dispatch, pipeline);
+        if let Some(profile) = &mut self.profile {
+            profile.entries[0].name = dispatch.entry.to_string();
+        }
+        g.check("building the augmented gather")
     }
 
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {

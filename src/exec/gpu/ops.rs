@@ -9,7 +9,7 @@ use crate::data::Normalization;
 use crate::exec::gpu::context::Gpu;
 use crate::exec::gpu::kernels::{self, Kernels};
 use crate::exec::gpu::plan::{self, Fused, OpPlan};
-use crate::ops::{BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
+use crate::ops::{Augment, BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::{Layer, Loss};
 
 /// Everything a layer with parameters computes.
@@ -463,9 +463,42 @@ impl Ops<'_> {
         sequential: bool,
         norm: Normalization,
     ) -> Result<(Vec<f32>, Vec<u32>)> {
+        let data = (pixels_per_image, images, labels, order);
+        self.gather(data, start, batch, 0, sequential, norm, None)
+    }
+
+    /// [`Ops::gather_batch`] of MNIST-sized images in `order` with each image augmented as at
+    /// training step `step` (`augment`: the ranges and the seed of [`crate::ops::augment_seed`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_batch_augmented(
+        &self,
+        images: &[u8],
+        labels: &[u8],
+        order: &[u32],
+        start: usize,
+        batch: usize,
+        step: u32,
+        norm: Normalization,
+        augment: (Augment, u32),
+    ) -> Result<(Vec<f32>, Vec<u32>)> {
+        let data = (crate::data::IMAGE_PIXELS, images, labels, order);
+        self.gather(data, start, batch, step, false, norm, Some(augment))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gather(
+        &self,
+        (pixels_per_image, images, labels, order): (usize, &[u8], &[u8], &[u32]),
+        start: usize,
+        batch: usize,
+        step: u32,
+        sequential: bool,
+        norm: Normalization,
+        augment: Option<(Augment, u32)>,
+    ) -> Result<(Vec<f32>, Vec<u32>)> {
         let g = self.gpu;
         let labels32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-        let step = g.constants("step", &kernels::step_words(batch, 0, start, true));
+        let step = g.constants("step", &kernels::step_words(batch, step, start, true));
         let b_images = g.storage_init("images", images);
         let b_labels = g.storage_init("labels", bytemuck::cast_slice(&labels32));
         let b_order = g.storage_init(
@@ -474,7 +507,7 @@ impl Ops<'_> {
         );
         let b_x = self.zeros("x", batch * pixels_per_image);
         let b_batch_labels = self.zeros("batch labels", batch);
-        let op = plan::gather_batch(pixels_per_image, sequential, norm);
+        let op = plan::gather_batch(pixels_per_image, sequential, norm, augment);
         let buffers = [&step, &b_images, &b_labels, &b_order, &b_x, &b_batch_labels];
         self.run(&op, batch, &buffers)?;
         let out = g.read_buffers(&[&b_x, &b_batch_labels], "gather op")?;

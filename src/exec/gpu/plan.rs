@@ -9,7 +9,7 @@
 use super::kernels::{self, Work};
 use crate::data::Normalization;
 use crate::network::{dropout_seed, ResolvedLayer};
-use crate::ops::{BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
+use crate::ops::{Augment, BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 use crate::spec::{Layer, Loss};
 
 /// How big a dispatch is, given the batch.
@@ -777,23 +777,45 @@ pub fn loss(classes: usize, loss: Loss) -> OpPlan {
     }
 }
 
-/// Gathering a batch of images of `pixels` pixels, in the epoch's order or `sequential`ly.
-pub fn gather_batch(pixels: usize, sequential: bool, norm: Normalization) -> OpPlan {
+/// Gathering a batch of images of `pixels` pixels, in the epoch's order or `sequential`ly; with
+/// `augment` (the ranges and [`crate::ops::augment_seed`]'s stream), each image augmented.
+pub fn gather_batch(
+    pixels: usize,
+    sequential: bool,
+    norm: Normalization,
+    augment: Option<(Augment, u32)>,
+) -> OpPlan {
+    let mut constants = vec![
+        ("PIXELS", pixels as f64),
+        ("SEQUENTIAL", sequential as u8 as f64),
+        // f32 -> f64 -> f32 is exact: the shader normalises with the same numbers
+        ("MEAN", norm.mean as f64),
+        ("DEVIATION", norm.std as f64),
+    ];
+    let forward = match augment {
+        None => dispatch("gather_batch", Size::PerSample(pixels.div_ceil(4)))
+            .cost(per_sample(2 * pixels), per_sample(5 * pixels + 8)),
+        Some((a, seed)) => {
+            let side = (pixels as f64).sqrt() as usize;
+            assert_eq!(side * side, pixels, "augmentation needs square images");
+            constants.extend([
+                ("SIDE", side as f64),
+                ("AUG_SHIFT", a.shift as f64),
+                ("AUG_ROTATE", a.rotate as f64),
+                ("AUG_SCALE", a.scale as f64),
+                ("AUG_FLIP", a.flip as u8 as f64),
+                ("AUG_SEED", seed as f64),
+            ]);
+            dispatch("gather_batch_augmented", Size::PerSample(pixels))
+                .cost(per_sample(20 * pixels), per_sample(8 * pixels + 8))
+        }
+    };
     OpPlan {
         file: "batch",
-        constants: vec![
-            ("PIXELS", pixels as f64),
-            ("SEQUENTIAL", sequential as u8 as f64),
-            // f32 -> f64 -> f32 is exact: the shader normalises with the same numbers
-            ("MEAN", norm.mean as f64),
-            ("DEVIATION", norm.std as f64),
-        ],
+        constants,
         scratch: 0,
         dims: kernels::batch_dims(pixels, sequential, norm.mean, norm.std),
-        forward: vec![
-            dispatch("gather_batch", Size::PerSample(pixels.div_ceil(4)))
-                .cost(per_sample(2 * pixels), per_sample(5 * pixels + 8)),
-        ],
+        forward: vec![forward],
         backward: Vec::new(),
     }
 }
