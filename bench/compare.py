@@ -9,7 +9,7 @@
 
 Use bench/compare.sh, which builds wgcnn and installs PyTorch into a virtual environment first.
 
-The networks are the presets of `wgcnn presets` (all of them by default), read from the binary
+The networks are the presets of `wgcnn presets` (all of them by default, but those that augment their images or train on another data set: best, fashion), read from the binary
 itself: its spec, batch size, optimizer (SGD with its lr and momentum, or Adam with its lr and
 betas) and input normalisation are passed explicitly to PyTorch's side, which builds the same
 torch.nn.Sequential from the same spec (tests/fixtures/check_checkpoint.py). Like `wgcnn bench`,
@@ -85,6 +85,11 @@ def read_presets(wgcnn):
             continue
         if not line[0].isspace():
             name = line.split()[0]
+            continue
+        # "              data fashion-mnist, weight decay 0.01, augmentation: shifts up to 2 px, ..."
+        extra = re.fullmatch(r"\s+data (\S+), weight decay (\S+), augmentation: (.*)", line)
+        if name is not None and name in presets and extra:
+            presets[name].update(dataset=extra.group(1), weight_decay=float(extra.group(2)), augment=extra.group(3))
             continue
         # "              spec SPEC  (epochs 6, batch size 64, sgd, momentum 0.9, lr 0.02, lr decay 0.7, normalize standard)"
         m = re.fullmatch(r"\s+spec (\S+)\s+\((.*)\)", line)
@@ -217,11 +222,20 @@ def main():
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             fail(f"--json {a.json}: cannot write into {folder}")
     presets = read_presets(a.wgcnn)
-    names = [n for m in a.models for n in (presets if m == "all" else [m])]
+    # PyTorch's twin trains on MNIST as it is: presets that augment their images or train on
+    # another data set (best, fashion) have no twin here.
+    def twinless(n):
+        p = presets[n]
+        return p.get("augment", "off") != "off" or p.get("dataset", "mnist") != "mnist"
+    names = [n for m in a.models for n in ([p for p in presets if not twinless(p)] if m == "all" else [m])]
     unknown = [n for n in names if n not in presets]
     if unknown:
         fail(f"unknown preset{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
              f"available: {', '.join(presets)} (or all)")
+    alone = [n for n in names if twinless(n)]
+    if alone:
+        fail(f"{', '.join(alone)}: augmented training images or another data set, which PyTorch's twin here does "
+             "not have; time them with `wgcnn bench --model NAME` (all, the default, leaves them out)")
     train_len = training_images(a.limit_train)
     for n in names:
         if presets[n]["batch"] > train_len:

