@@ -451,24 +451,6 @@ impl DataArgs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_preset_names_a_shipped_data_set_and_a_valid_augmentation() {
-        for p in PRESETS {
-            if let Some(name) = p.dataset {
-                let set = DatasetName::from_str(name, false);
-                assert!(set.is_ok(), "{}: dataset {name}", p.name);
-            }
-            if let Some(a) = p.augment {
-                assert_eq!(a.check(), Ok(()), "{}", p.name);
-            }
-        }
-    }
-}
-
 /// The data folder of a new run: `--data` or `--dataset`, else the data set of the preset
 /// `--model` names (`fashion` trains on Fashion-MNIST), else `assets/mnist`.
 pub(crate) fn run_data_folder(data: &DataArgs, model: &ModelArgs) -> PathBuf {
@@ -727,5 +709,23 @@ pub(crate) fn empty_dataset() -> Dataset {
         images: Vec::new(),
         labels: Vec::new(),
         source: "none".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_names_a_shipped_data_set_and_a_valid_augmentation() {
+        for p in PRESETS {
+            if let Some(name) = p.dataset {
+                let set = DatasetName::from_str(name, false);
+                assert!(set.is_ok(), "{}: dataset {name}", p.name);
+            }
+            if let Some(a) = p.augment {
+                assert_eq!(a.check(), Ok(()), "{}", p.name);
+            }
+        }
     }
 }
