@@ -177,20 +177,26 @@ impl AugmentArgs {
 /// For the training header: e.g. "shifts up to 2 px, rotations up to 10 degrees, scaling up to
 /// 10%, mirrored half the time".
 pub(crate) fn describe_augment(a: Option<&Augment>) -> String {
-    match a {
-        None => "off".into(),
-        Some(a) => format!(
-            "shifts up to {} px, rotations up to {} degrees, scaling up to {}%{}",
-            a.shift,
-            a.rotate,
-            a.scale * 100.0,
-            if a.flip {
-                ", mirrored half the time"
-            } else {
-                ""
-            }
-        ),
+    let Some(a) = a else {
+        return "off".into();
+    };
+    let mut parts = Vec::new();
+    if a.shift > 0 {
+        parts.push(format!("shifts up to {} px", a.shift));
     }
+    if a.rotate > 0.0 {
+        parts.push(format!("rotations up to {} degrees", a.rotate));
+    }
+    if a.scale > 0.0 {
+        parts.push(format!("scaling up to {}%", a.scale * 100.0));
+    }
+    if a.flip {
+        parts.push("mirrored half the time".into());
+    }
+    if parts.is_empty() {
+        return "on, with every range 0 (the images as they are)".into();
+    }
+    parts.join(", ")
 }
 
 /// How the learning rate moves during training (`train` only: `bench` runs at the base rate).
