@@ -822,33 +822,14 @@ pub fn avg_pool2d_backward(s: &Pool2dShape, d_output: &[f32], d_input: &mut [f32
         );
 }
 
-/// Normalise the images `indices` of `data` into `x`, their labels into `labels`.
+/// Normalise the images `indices` of `data` into `x`, their labels into `labels`; with `augment`
+/// (the ranges, [`r::augment_seed`]'s stream and the step), each image augmented as
+/// [`r::gather_batch_augmented`] does, an image per task.
 pub(super) fn gather(
     data: &Dataset,
     indices: &[u32],
     norm: Normalization,
-    x: &mut [f32],
-    labels: &mut Vec<u8>,
-) {
-    labels.clear();
-    labels.extend(indices.iter().map(|&i| data.labels[i as usize]));
-    x[..indices.len() * IMAGE_PIXELS]
-        .par_chunks_mut(IMAGE_PIXELS)
-        .zip(indices.par_iter())
-        .for_each(|(x, &i)| {
-            for (v, &p) in x.iter_mut().zip(data.image(i as usize)) {
-                *v = norm.apply(p);
-            }
-        });
-}
-
-/// [`gather`] with every image augmented as [`r::gather_batch_augmented`] does (`seed` from
-/// [`r::augment_seed`]), an image per task.
-pub(super) fn gather_augmented(
-    data: &Dataset,
-    indices: &[u32],
-    norm: Normalization,
-    (augment, seed, step): (&r::Augment, u32, u32),
+    augment: Option<(&r::Augment, u32, u32)>,
     x: &mut [f32],
     labels: &mut Vec<u8>,
 ) {
@@ -858,11 +839,18 @@ pub(super) fn gather_augmented(
         .par_chunks_mut(IMAGE_PIXELS)
         .zip(indices.par_iter())
         .enumerate()
-        .for_each(|(slot, (x, &i))| {
-            let t = r::augment_transform(augment, seed, step, slot as u32);
-            r::augment_image(data.image(i as usize), IMAGE_SIDE, &t, x);
-            for v in x.iter_mut() {
-                *v = (*v - norm.mean) / norm.std;
+        .for_each(|(slot, (x, &i))| match augment {
+            Some((a, seed, step)) => {
+                let t = r::augment_transform(a, seed, step, slot as u32);
+                r::augment_image(data.image(i as usize), IMAGE_SIDE, &t, x);
+                for v in x.iter_mut() {
+                    *v = (*v - norm.mean) / norm.std;
+                }
+            }
+            None => {
+                for (v, &p) in x.iter_mut().zip(data.image(i as usize)) {
+                    *v = norm.apply(p);
+                }
             }
         });
 }

@@ -322,6 +322,7 @@ impl Executor for FastCpu {
                 &self.host.test,
                 chunk,
                 self.host.norm,
+                None,
                 &mut self.acts[0],
                 &mut self.labels,
             );
@@ -355,6 +356,7 @@ impl Executor for FastCpu {
                 self.host.data(split),
                 chunk,
                 self.host.norm,
+                None,
                 &mut self.acts[0],
                 &mut self.labels,
             );
@@ -425,26 +427,12 @@ impl FastCpu {
         let started = Instant::now();
         let h = &self.host;
         let indices = &h.order[start..start + len];
-        match &h.augment {
-            Some(a) => {
-                let how = (a, r::augment_seed(h.seed), step);
-                gather_augmented(
-                    &h.train,
-                    indices,
-                    h.norm,
-                    how,
-                    &mut self.acts[0],
-                    &mut self.labels,
-                )
-            }
-            None => gather(
-                &h.train,
-                indices,
-                h.norm,
-                &mut self.acts[0],
-                &mut self.labels,
-            ),
-        }
+        let augment = h
+            .augment
+            .as_ref()
+            .map(|a| (a, r::augment_seed(h.seed), step));
+        let (x, labels) = (&mut self.acts[0], &mut self.labels);
+        gather(&h.train, indices, h.norm, augment, x, labels);
         record(&mut self.profile, 2 * layers, started);
         self.forward(len, Some(step));
         let started = Instant::now();
