@@ -443,12 +443,14 @@ pub const PRESETS: &[Preset] = &[
     BEST,
     Preset {
         name: "fashion",
-        description: "best's network and training for Fashion-MNIST: mirrored images too, smaller rotations and scalings",
+        description: "best's network and training for Fashion-MNIST, augmented by shifts and mirroring only; 93.76% in 12 epochs (seed 1)",
         dataset: Some("fashion-mnist"),
+        // Rotations of 5 degrees and scalings of 5% on top cost accuracy: 93.16, 92.83 and
+        // 93.11% for seeds 1-3, against 93.76, 93.60 and 93.44% without them.
         augment: Some(Augment {
             shift: 2,
-            rotate: 5.0,
-            scale: 0.05,
+            rotate: 0.0,
+            scale: 0.0,
             flip: true,
         }),
         ..BEST

@@ -126,8 +126,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Time every op of a training step: each GPU kernel on its own with --gpu (slow; each
-    /// includes a wait), or each layer of the fast CPU executor.
+    /// Time every op of a training step: with --gpu each kernel, by the GPU's timestamps where
+    /// the adapter has them (else each on its own with a wait, slower); or each layer of the fast
+    /// CPU executor.
     #[arg(long)]
     pub profile: bool,
     #[command(flatten)]
