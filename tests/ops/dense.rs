@@ -82,7 +82,7 @@ fn dense_matches_the_reference_on_every_executor() {
             (65, 100, 129, true),
             (33, 70, 40, true), // the GPU's strip-wise forward (>= 32 outputs), 3 blocks of samples
             // The fast CPU's narrow kernels (<= 16 outputs): samples in fours and a remainder,
-            // inputs in 32s and a tail; and exactly 16 outputs.
+            // inputs in 16s and a tail; and exactly 16 outputs.
             (9, 1000, 10, true),
             (6, 37, 16, false),
         ] {

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::winograd::{self, Grid};
+use super::winograd::{self, madd, Grid};
 use crate::data::{Dataset, Normalization, IMAGE_PIXELS, IMAGE_SIDE};
 use crate::network::{dropout_seed, ResolvedLayer};
 use crate::ops::{self as r, BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
@@ -479,7 +479,12 @@ pub fn dense_scratch_len(s: &DenseShape) -> usize {
 const NARROW: usize = 16;
 
 crate::exec::fast::winograd::multiversion! {
-/// `y[n][o] = x[n] · weight[o] + bias[o]` for the rows of `x` (each `fin` long).
+/// `y[n][o] = x[n] · weight[o] + bias[o]` for the rows of `x` (each `fin` long). Four rows at a
+/// time, each in 16 interleaved partial sums as [`dot`] (with fused multiply-adds where the CPU
+/// has them): each weight is loaded once for four products, so the weights (hundreds of KB in
+/// these layers) are streamed once per four samples. `two-conv`'s 18432 -> 10 at batch 32 on 2
+/// threads here: 352-364 us one row at a time, 226-269 us four at a time. The rest of the rows
+/// (fewer than four) one at a time.
 pub fn dense_narrow_forward(
     fin: usize,
     x: &[f32],
@@ -488,9 +493,36 @@ pub fn dense_narrow_forward(
     y: &mut [f32],
 ) {
     let fout = weight.len() / fin;
-    for (x, y) in x.chunks_exact(fin).zip(y.chunks_exact_mut(fout)) {
+    let whole = fin - fin % 16;
+    let b = |o: usize| bias.map_or(0.0, |b| b[o]);
+    let mut xs = x.chunks_exact(4 * fin);
+    let mut ys = y.chunks_exact_mut(4 * fout);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        let (x0, rest) = x.split_at(fin);
+        let (x1, rest) = rest.split_at(fin);
+        let (x2, x3) = rest.split_at(fin);
+        for (o, w) in weight.chunks_exact(fin).enumerate() {
+            let mut acc = [[0.0f32; 16]; 4];
+            let rows = x0.chunks_exact(16).zip(x1.chunks_exact(16));
+            let rows = rows.zip(x2.chunks_exact(16)).zip(x3.chunks_exact(16));
+            for (w, (((p0, p1), p2), p3)) in w[..whole].chunks_exact(16).zip(rows) {
+                for i in 0..16 {
+                    acc[0][i] = madd::<FMA>(p0[i], w[i], acc[0][i]);
+                    acc[1][i] = madd::<FMA>(p1[i], w[i], acc[1][i]);
+                    acc[2][i] = madd::<FMA>(p2[i], w[i], acc[2][i]);
+                    acc[3][i] = madd::<FMA>(p3[i], w[i], acc[3][i]);
+                }
+            }
+            for (r, (acc, x)) in acc.iter().zip([x0, x1, x2, x3]).enumerate() {
+                let rest: f32 = x[whole..].iter().zip(&w[whole..]).map(|(x, w)| x * w).sum();
+                y[r * fout + o] = acc.iter().sum::<f32>() + rest + b(o);
+            }
+        }
+    }
+    let rest = xs.remainder().chunks_exact(fin);
+    for (x, y) in rest.zip(ys.into_remainder().chunks_exact_mut(fout)) {
         for (o, (y, w)) in y.iter_mut().zip(weight.chunks_exact(fin)).enumerate() {
-            *y = dot(x, w) + bias.map_or(0.0, |b| b[o]);
+            *y = dot(x, w) + b(o);
         }
     }
 }
@@ -498,36 +530,76 @@ pub fn dense_narrow_forward(
 
 crate::exec::fast::winograd::multiversion! {
 /// `d_x[n] = Σ_o d_y[n][o] weight[o]` (summed over o in order from zero, as the reference) for
-/// the rows of `d_y`: 32 inputs at a time in registers over every output, then stored once.
+/// the rows of `d_y`: four rows at a time, 16 inputs of each in registers over every output and
+/// then stored once, so each weight is loaded once per four rows (18432 -> 10 at batch 32 on 2
+/// threads: 372 us one row at a time, 310 us four); the rest of the rows one at a time.
 pub fn dense_narrow_backward_input(fin: usize, d_y: &[f32], weight: &[f32], d_x: &mut [f32]) {
-    const LANES: usize = 32;
+    const LANES: usize = 16;
     let fout = weight.len() / fin;
-    for (dy, dx) in d_y.chunks_exact(fout).zip(d_x.chunks_exact_mut(fin)) {
-        let whole = fin - fin % LANES;
+    let whole = fin - fin % LANES;
+    let mut dys = d_y.chunks_exact(4 * fout);
+    let mut dxs = d_x.chunks_exact_mut(4 * fin);
+    for (dy, dx) in (&mut dys).zip(&mut dxs) {
+        let (x0, rest) = dx.split_at_mut(fin);
+        let (x1, rest) = rest.split_at_mut(fin);
+        let (x2, x3) = rest.split_at_mut(fin);
+        let rows = x0[..whole].chunks_exact_mut(LANES).zip(x1.chunks_exact_mut(LANES));
+        let rows = rows.zip(x2.chunks_exact_mut(LANES)).zip(x3.chunks_exact_mut(LANES));
+        for (j0, (((q0, q1), q2), q3)) in (0..whole).step_by(LANES).zip(rows) {
+            let mut acc = [[0.0f32; LANES]; 4];
+            for (o, w) in weight.chunks_exact(fin).enumerate() {
+                let w = &w[j0..j0 + LANES];
+                let g = [dy[o], dy[fout + o], dy[2 * fout + o], dy[3 * fout + o]];
+                for i in 0..LANES {
+                    acc[0][i] = madd::<FMA>(g[0], w[i], acc[0][i]);
+                    acc[1][i] = madd::<FMA>(g[1], w[i], acc[1][i]);
+                    acc[2][i] = madd::<FMA>(g[2], w[i], acc[2][i]);
+                    acc[3][i] = madd::<FMA>(g[3], w[i], acc[3][i]);
+                }
+            }
+            for (q, acc) in [q0, q1, q2, q3].into_iter().zip(&acc) {
+                q.copy_from_slice(acc);
+            }
+        }
+        for (dy, dx) in dy.chunks_exact(fout).zip(dx.chunks_exact_mut(fin)) {
+            narrow_input_tail(whole, dy, weight, dx);
+        }
+    }
+    let rest = dys.remainder().chunks_exact(fout);
+    for (dy, dx) in rest.zip(dxs.into_remainder().chunks_exact_mut(fin)) {
         for j0 in (0..whole).step_by(LANES) {
             let mut acc = [0.0f32; LANES];
             for (&g, w) in dy.iter().zip(weight.chunks_exact(fin)) {
-                let w: &[f32; LANES] = w[j0..j0 + LANES].try_into().unwrap();
-                for (a, &w) in acc.iter_mut().zip(w) {
-                    *a += g * w;
+                for (a, &w) in acc.iter_mut().zip(&w[j0..j0 + LANES]) {
+                    *a = madd::<FMA>(g, w, *a);
                 }
             }
             dx[j0..j0 + LANES].copy_from_slice(&acc);
         }
-        for (j, d) in dx.iter_mut().enumerate().skip(whole) {
-            *d = dy
-                .iter()
-                .zip(weight.chunks_exact(fin))
-                .fold(0.0, |a, (&g, w)| a + g * w[j]);
-        }
+        narrow_input_tail(whole, dy, weight, dx);
     }
 }
+}
+
+/// The inputs from `from` on of one row of [`dense_narrow_backward_input`], one at a time.
+#[inline(always)]
+fn narrow_input_tail(from: usize, dy: &[f32], weight: &[f32], dx: &mut [f32]) {
+    let fin = dx.len();
+    for (j, d) in dx.iter_mut().enumerate().skip(from) {
+        *d = dy
+            .iter()
+            .zip(weight.chunks_exact(fin))
+            .fold(0.0, |a, (&g, w)| a + g * w[j]);
+    }
 }
 
 crate::exec::fast::winograd::multiversion! {
 /// `d_w[r] = Σ_n d_y[n][o0 + r] x[n]` (summed over the batch in order, as the reference) for the
 /// rows of `d_w`: four samples a pass, added one after another while the row's values are in
-/// registers (one load and one store of `d_w` per four samples).
+/// registers (one load and one store of `d_w` per four samples). Memory-bound here: blocking four rows
+/// in registers over the whole batch (each input loaded once per four rows, but 32 rows of `x`
+/// read in strides) measured 357-408 us against this version's 324-344 on `two-conv`'s 18432 ->
+/// 10 at batch 32, and slicing the inputs so the batch's slice stays in L2 made no difference.
 pub fn dense_narrow_backward_weight(
     fin: usize,
     fout: usize,

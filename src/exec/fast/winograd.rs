@@ -41,22 +41,24 @@ use crate::ops::Conv2dShape;
 
 /// Define `$name` as a function compiled three times (AVX-512, AVX2+FMA, plain) and dispatched on
 /// the CPU's features at run time ([`Isa::detect`], cached): loops written plainly then vectorise
-/// to the widest registers the machine has.
+/// to the widest registers the machine has. The body may use `FMA`, a constant that says whether
+/// this variant has fused multiply-adds (see [`madd`]).
 macro_rules! multiversion {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         pub fn $name($($arg: $ty),*) {
             #[inline(always)]
-            fn imp($($arg: $ty),*) $body
+            #[allow(unused)]
+            fn imp<const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,fma")]
             fn avx512($($arg: $ty),*) {
-                imp($($arg),*)
+                imp::<true>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             fn avx2($($arg: $ty),*) {
-                imp($($arg),*)
+                imp::<true>($($arg),*)
             }
             match $crate::exec::fast::winograd::Isa::detect() {
                 // SAFETY: `detect` found the features these functions are compiled for.
@@ -64,12 +66,23 @@ macro_rules! multiversion {
                 $crate::exec::fast::winograd::Isa::Avx512 => unsafe { avx512($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
                 $crate::exec::fast::winograd::Isa::Avx2Fma => unsafe { avx2($($arg),*) },
-                _ => imp($($arg),*),
+                _ => imp::<{ cfg!(target_arch = "aarch64") }>($($arg),*),
             }
         }
     };
 }
 pub(crate) use multiversion;
+
+/// `a * b + c`, fused where the variant has fused multiply-adds (`FMA`; elsewhere `mul_add` would
+/// be a slow library call).
+#[inline(always)]
+pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        c + a * b
+    }
+}
 
 /// Points of a 4x4 tile: the number of matrix products per pass.
 pub const POINTS: usize = 16;
