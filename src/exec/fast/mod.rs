@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use super::host::{delegate_to_host, HostState};
 use super::{Diverged, Executor, Metrics, Optimizer, ProfileEntry};
 use crate::data::{Dataset, Normalization, Split};
-use crate::network::{dropout_seed, Network};
+use crate::network::Network;
 use crate::ops::{self as r, loss_backward_into, loss_forward};
 use crate::spec::Layer;
 use kernels::*;
@@ -45,6 +45,8 @@ pub struct FastCpu {
     convs: Vec<Option<ConvWorkspace>>,
     /// Per max-pool layer: the chosen input of every output.
     argmax: Vec<Vec<u32>>,
+    /// Per dropout layer: whether the last training pass kept each element (1) or not (0).
+    keep: Vec<Vec<u8>>,
     /// Per dense layer: its forward pass's transposed input and output.
     dense_scratch: Vec<Vec<f32>>,
     /// Per batch normalization: the statistics of the last pass, `[mean[C], var[C]]`.
@@ -86,6 +88,7 @@ impl FastCpu {
         let mut d_acts = vec![vec![0.0; capacity * net.input.len()]];
         let mut convs = Vec::new();
         let mut argmax = Vec::new();
+        let mut keep = Vec::new();
         let mut dense_scratch = Vec::new();
         let mut norm_stats = Vec::new();
         for l in &net.layers {
@@ -104,6 +107,11 @@ impl FastCpu {
                 _ => Vec::new(),
             });
             argmax.push(if matches!(l.layer, Layer::MaxPool2d { .. }) {
+                vec![0; capacity * l.output.len()]
+            } else {
+                Vec::new()
+            });
+            keep.push(if matches!(l.layer, Layer::Dropout { .. }) {
                 vec![0; capacity * l.output.len()]
             } else {
                 Vec::new()
@@ -135,6 +143,7 @@ impl FastCpu {
             d_acts,
             convs,
             argmax,
+            keep,
             dense_scratch,
             norm_stats,
             relu_after,
@@ -191,7 +200,10 @@ impl FastCpu {
                 Layer::Tanh => per_sample(l.output.len(), batch, x, y, tanh_forward),
                 Layer::Sigmoid => per_sample(l.output.len(), batch, x, y, sigmoid_forward),
                 Layer::Dropout { p } => match dropout {
-                    Some(step) => dropout_apply(l, p, self.host.seed, step, batch, x, y),
+                    Some(step) => {
+                        let keep = &mut self.keep[i];
+                        dropout_apply(l, p, self.host.seed, step, batch, x, y, keep)
+                    }
                     None => y.copy_from_slice(x),
                 },
                 Layer::BatchNorm => {
@@ -218,7 +230,7 @@ impl FastCpu {
         }
     }
 
-    fn backward(&mut self, batch: usize, step: u32) {
+    fn backward(&mut self, batch: usize) {
         let layers = self.host.net.layers.len();
         for (i, l) in self.host.net.layers.iter().enumerate().rev() {
             let started = Instant::now();
@@ -282,16 +294,7 @@ impl FastCpu {
                 Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, r::relu_backward),
                 Layer::Tanh => elementwise_backward(l, batch, y, d_y, d_x, r::tanh_backward),
                 Layer::Sigmoid => elementwise_backward(l, batch, y, d_y, d_x, r::sigmoid_backward),
-                Layer::Dropout { p } => {
-                    let seed = dropout_seed(self.host.seed, l.index);
-                    let n = l.output.len();
-                    d_x.par_chunks_mut(n)
-                        .zip(d_y.par_chunks(n))
-                        .enumerate()
-                        .for_each(|(sample, (dx, dy))| {
-                            dropout_mask(p, seed, step, sample * n, dy, dx)
-                        });
-                }
+                Layer::Dropout { p } => dropout_backward(p, &self.keep[i][..d_y.len()], d_y, d_x),
             }
             record(&mut self.profile, layers + i, started);
         }
@@ -451,7 +454,7 @@ impl FastCpu {
             &mut self.d_acts.last_mut().unwrap()[..len * classes],
         );
         record(&mut self.profile, 2 * layers + 1, started);
-        self.backward(len, step);
+        self.backward(len);
         let started = Instant::now();
         // In pieces, so that one large tensor (a dense layer's weight) is shared by all cores.
         const PIECE: usize = 1 << 14;
