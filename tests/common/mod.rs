@@ -447,7 +447,12 @@ impl OpRunner for FastRunner {
             d_weight: vec![0.0; s.weight_len()],
             d_bias: vec![0.0; s.out_channels],
         };
-        fast::conv2d_forward(s, x, w, b, fused.relu, &mut r.output, &mut ws);
+        let act = if fused.relu {
+            fast::Epilogue::Relu
+        } else {
+            fast::Epilogue::None
+        };
+        fast::conv2d_forward(s, x, w, b, act, &mut r.output, &mut ws);
         fast::conv2d_backward_weight(s, d_y, &mut r.d_weight, Some(&mut r.d_bias), &mut ws);
         let mask = fused.relu_mask.then_some(x);
         fast::conv2d_backward_input(s, d_y, w, mask, &mut r.d_input, &mut ws);

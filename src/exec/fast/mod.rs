@@ -51,9 +51,10 @@ pub struct FastCpu {
     dense_scratch: Vec<Vec<f32>>,
     /// Per batch normalization: the statistics of the last pass, `[mean[C], var[C]]`.
     norm_stats: Vec<Vec<f32>>,
-    /// Per layer: a convolution followed by a ReLU, which it applies itself (the ReLU's forward
-    /// pass then only hands the buffer on).
-    relu_after: Vec<bool>,
+    /// Per layer: for a convolution followed by a ReLU, tanh or sigmoid, that activation, which
+    /// the convolution applies itself while its output is in cache (the activation's forward
+    /// pass then only hands the buffer on; its backward pass is its own).
+    epilogue: Vec<Epilogue>,
     /// Per layer: a convolution, dense or max-pool layer after a ReLU, whose input gradient folds
     /// in that ReLU's backward pass (which then only hands the buffer on).
     relu_before: Vec<bool>,
@@ -118,10 +119,10 @@ impl FastCpu {
             });
         }
         let kinds: Vec<&Layer> = net.layers.iter().map(|l| &l.layer).collect();
-        let relu_after = (0..kinds.len())
-            .map(|i| {
-                matches!(kinds[i], Layer::Conv2d { .. })
-                    && matches!(kinds.get(i + 1), Some(Layer::Relu))
+        let epilogue = (0..kinds.len())
+            .map(|i| match kinds[i] {
+                Layer::Conv2d { .. } => Epilogue::before(kinds.get(i + 1).copied()),
+                _ => Epilogue::None,
             })
             .collect();
         let relu_before = (0..kinds.len())
@@ -146,7 +147,7 @@ impl FastCpu {
             keep,
             dense_scratch,
             norm_stats,
-            relu_after,
+            epilogue,
             relu_before,
             labels: Vec::with_capacity(capacity),
             profile: None,
@@ -156,10 +157,10 @@ impl FastCpu {
     fn forward(&mut self, batch: usize, dropout: Option<u32>) {
         for (i, l) in self.host.net.layers.iter().enumerate() {
             let started = Instant::now();
-            let fused_relu = i > 0 && self.relu_after[i - 1];
-            if fused_relu || matches!(l.layer, Layer::Flatten) {
-                // Same values as the input (a flatten), or already computed (a ReLU applied by
-                // the convolution before): hand the buffer on rather than copy it. The backward
+            let fused = i > 0 && self.epilogue[i - 1] != Epilogue::None;
+            if fused || matches!(l.layer, Layer::Flatten) {
+                // Same values as the input (a flatten), or already computed (an activation
+                // applied by the convolution before): hand the buffer on rather than copy it. The backward
                 // pass hands a flatten's back, since the layer before may need its output.
                 self.acts.swap(i, i + 1);
                 if dropout.is_some() {
@@ -179,7 +180,7 @@ impl FastCpu {
                     x,
                     &self.host.params[l.weight.unwrap()],
                     bias,
-                    self.relu_after[i],
+                    self.epilogue[i],
                     y,
                     self.convs[i].as_mut().unwrap(),
                 ),
