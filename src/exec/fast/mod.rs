@@ -55,6 +55,9 @@ pub struct FastCpu {
     /// the convolution applies itself while its output is in cache (the activation's forward
     /// pass then only hands the buffer on; its backward pass is its own).
     epilogue: Vec<Epilogue>,
+    /// Per dropout layer: the activation before it (not the network's first layer), whose
+    /// backward pass the dropout's folds in (the activation's then only hands the buffer on).
+    before_dropout: Vec<Epilogue>,
     /// Per layer: a convolution, dense or max-pool layer after a ReLU, whose input gradient folds
     /// in that ReLU's backward pass (which then only hands the buffer on).
     relu_before: Vec<bool>,
@@ -125,6 +128,12 @@ impl FastCpu {
                 _ => Epilogue::None,
             })
             .collect();
+        let before_dropout = (0..kinds.len())
+            .map(|i| match kinds[i] {
+                Layer::Dropout { .. } if i > 1 => Epilogue::before(Some(kinds[i - 1])),
+                _ => Epilogue::None,
+            })
+            .collect();
         let relu_before = (0..kinds.len())
             .map(|i| {
                 i > 0
@@ -148,6 +157,7 @@ impl FastCpu {
             dense_scratch,
             norm_stats,
             epilogue,
+            before_dropout,
             relu_before,
             labels: Vec::with_capacity(capacity),
             profile: None,
@@ -241,8 +251,12 @@ impl FastCpu {
                 record(&mut self.profile, layers + i, started);
                 continue;
             }
-            if self.relu_before.get(i + 1) == Some(&true) {
-                // The next layer's input gradient has been through this ReLU already.
+            let folded = self
+                .before_dropout
+                .get(i + 1)
+                .is_some_and(|&a| a != Epilogue::None);
+            if folded || self.relu_before.get(i + 1) == Some(&true) {
+                // The next layer's input gradient has been through this activation already.
                 self.d_acts.swap(i, i + 1);
                 record(&mut self.profile, layers + i, started);
                 continue;
@@ -295,7 +309,10 @@ impl FastCpu {
                 Layer::Relu => elementwise_backward(l, batch, y, d_y, d_x, r::relu_backward),
                 Layer::Tanh => elementwise_backward(l, batch, y, d_y, d_x, r::tanh_backward),
                 Layer::Sigmoid => elementwise_backward(l, batch, y, d_y, d_x, r::sigmoid_backward),
-                Layer::Dropout { p } => dropout_backward(p, &self.keep[i][..d_y.len()], d_y, d_x),
+                Layer::Dropout { p } => {
+                    let keep = &self.keep[i][..d_y.len()];
+                    dropout_backward(p, keep, self.before_dropout[i], x, d_y, d_x)
+                }
             }
             record(&mut self.profile, layers + i, started);
         }
