@@ -636,10 +636,11 @@ fn narrow_input_tail(from: usize, dy: &[f32], weight: &[f32], dx: &mut [f32]) {
 crate::exec::fast::winograd::multiversion! {
 /// `d_w[r] = Σ_n d_y[n][o0 + r] x[n]` (summed over the batch in order, as the reference) for the
 /// rows of `d_w`: four samples a pass, added one after another while the row's values are in
-/// registers (one load and one store of `d_w` per four samples). Memory-bound here: blocking four rows
-/// in registers over the whole batch (each input loaded once per four rows, but 32 rows of `x`
-/// read in strides) measured 357-408 us against this version's 324-344 on `two-conv`'s 18432 ->
-/// 10 at batch 32, and slicing the inputs so the batch's slice stays in L2 made no difference.
+/// registers (one load and one store of `d_w` per four samples). Memory-bound here: blocking
+/// four rows in registers over the whole batch (each input loaded once per four rows, but 32
+/// rows of `x` read in strides) measured 357-408 us against this version's 324-344 on
+/// `two-conv`'s 18432 -> 10 at batch 32, and slicing the inputs so the batch's slice stays in L2
+/// made no difference.
 pub fn dense_narrow_backward_weight(
     fin: usize,
     fout: usize,
@@ -1099,10 +1100,7 @@ pub(super) fn dropout_backward(
         .zip(d_y.par_chunks(16384))
         .zip(keep.par_chunks(16384))
         .zip(t.par_chunks(16384))
-        .for_each(|(((dx, dy), keep), t)| match act {
-            Epilogue::None => dropout_backward_chunk(scale, keep, dy, dx),
-            _ => dropout_activation_backward_chunk(scale, keep, act, t, dy, dx),
-        });
+        .for_each(|(((dx, dy), keep), t)| dropout_backward_chunk(scale, keep, act, t, dy, dx));
 }
 
 /// `d_y / (1 - p)` where kept, else 0, without a branch (the mask is random, so a branch would
@@ -1115,16 +1113,7 @@ fn dropped(scale: f32, k: u8, dy: f32) -> f32 {
 
 crate::exec::fast::winograd::multiversion! {
 /// One chunk of [`dropout_backward`].
-pub fn dropout_backward_chunk(scale: f32, keep: &[u8], d_y: &[f32], d_x: &mut [f32]) {
-    for ((dx, &dy), &k) in d_x.iter_mut().zip(d_y).zip(keep) {
-        *dx = dropped(scale, k, dy);
-    }
-}
-}
-
-crate::exec::fast::winograd::multiversion! {
-/// One chunk of [`dropout_backward`] through the activation before it.
-pub fn dropout_activation_backward_chunk(
+pub fn dropout_backward_chunk(
     scale: f32,
     keep: &[u8],
     act: Epilogue,
@@ -1134,6 +1123,7 @@ pub fn dropout_activation_backward_chunk(
 ) {
     let each = d_x.iter_mut().zip(d_y).zip(keep).zip(t);
     match act {
+        Epilogue::None => each.for_each(|(((dx, &dy), &k), _)| *dx = dropped(scale, k, dy)),
         Epilogue::Tanh => each.for_each(|(((dx, &dy), &k), &t)| {
             *dx = dropped(scale, k, dy) * (1.0 - t * t);
         }),
@@ -1143,7 +1133,6 @@ pub fn dropout_activation_backward_chunk(
         Epilogue::Relu => each.for_each(|(((dx, &dy), &k), &t)| {
             *dx = if t > 0.0 { dropped(scale, k, dy) } else { 0.0 };
         }),
-        Epilogue::None => dropout_backward_chunk(scale, keep, d_y, d_x),
     }
 }
 }

@@ -170,8 +170,8 @@ impl FastCpu {
             let fused = i > 0 && self.epilogue[i - 1] != Epilogue::None;
             if fused || matches!(l.layer, Layer::Flatten) {
                 // Same values as the input (a flatten), or already computed (an activation
-                // applied by the convolution before): hand the buffer on rather than copy it. The backward
-                // pass hands a flatten's back, since the layer before may need its output.
+                // applied by the convolution before): hand the buffer on rather than copy it. The
+                // backward pass hands a flatten's back, since the layer before may need its output.
                 self.acts.swap(i, i + 1);
                 if dropout.is_some() {
                     record(&mut self.profile, i, started);

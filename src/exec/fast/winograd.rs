@@ -816,11 +816,7 @@ fn tile<const L: usize, const R: usize, const FMA: bool>(
         for (acc, a_row) in acc.iter_mut().zip(&a_rows) {
             let av = unsafe { *a_row.add(i) };
             for (s, &bv) in acc.iter_mut().zip(bv) {
-                *s = if FMA {
-                    av.mul_add(bv, *s)
-                } else {
-                    *s + av * bv
-                };
+                *s = madd::<FMA>(av, bv, *s);
             }
         }
         b_row = b_row.wrapping_add(args.ldb);
