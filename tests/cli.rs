@@ -24,7 +24,7 @@ fn test_accuracies(stdout: &str) -> Vec<f64> {
 fn training_a_preset_on_a_subset_rises_well_above_chance() {
     // The default CPU executor and the plain reference alike.
     for (extra, device) in [
-        (None, "device: CPU (Winograd and im2col + SGEMM"),
+        (None, "device: CPU (Winograd, direct and im2col + SGEMM"),
         (Some("--cpu-reference"), "device: CPU reference"),
     ] {
         let mut args = vec![

@@ -269,6 +269,14 @@ fn training_trajectories_match_the_reference_on_every_executor() {
             6,
             0.05,
         ),
+        // tanh and sigmoid before convolutions and (through a flatten) a dense layer, whose
+        // backward passes the fast CPU folds into those layers' input gradients; a padded first
+        // layer on one channel (the fast CPU's direct convolution).
+        (
+            "conv4k3p1-tanh-conv6k3-sigmoid-conv5k3p1-tanh-dense10",
+            6,
+            0.05,
+        ),
         // Stride, padding, no bias, overlapping max pooling, MSE; batch 7 and batch 1.
         (
             "conv4k3s2p1nb-relu-maxpool3s2-dense12-sigmoid-dense10-mse",

@@ -454,7 +454,7 @@ impl OpRunner for FastRunner {
         };
         fast::conv2d_forward(s, x, w, b, act, &mut r.output, &mut ws);
         fast::conv2d_backward_weight(s, d_y, &mut r.d_weight, Some(&mut r.d_bias), &mut ws);
-        let mask = fused.relu_mask.then_some(x);
+        let mask = fused.relu_mask.then_some((fast::Epilogue::Relu, x));
         fast::conv2d_backward_input(s, d_y, w, mask, &mut r.d_input, &mut ws);
         Some(r)
     }
@@ -478,7 +478,7 @@ impl OpRunner for FastRunner {
         };
         let mut scratch = vec![0.0; fast::dense_scratch_len(s)];
         fast::dense_forward(s, x, w, b, &mut r.output, &mut scratch);
-        let mask = fused.relu_mask.then_some(x);
+        let mask = fused.relu_mask.then_some((fast::Epilogue::Relu, x));
         fast::dense_backward_input(s, d_y, w, mask, &mut r.d_input);
         fast::dense_backward_weight(s, x, d_y, &mut r.d_weight, Some(&mut r.d_bias));
         Some(r)

@@ -112,8 +112,8 @@ fn conv2d_matches_the_reference_on_every_executor() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     // (batch, in, height, width, out, kernel, stride, padding, bias). 3x3 stride-1 shapes with at
     // least 4 input channels take the fast CPU executor's Winograd path (odd and even sizes,
-    // padding 0, 1 and 2, a single row of outputs, 17 output channels, uneven batch chunks); the
-    // others im2col + SGEMM.
+    // padding 0, 1 and 2, a single row of outputs, 17 output channels, uneven batch chunks);
+    // other stride-1 shapes with fewer than 16 taps its direct path; the others im2col + SGEMM.
     let shapes = [
         (1, 1, 28, 28, 8, 3, 1, 0, true), // the notebooks' first layer, batch 1
         (3, 3, 9, 7, 4, 3, 2, 1, true),   // odd sizes, stride 2, padding 1
@@ -134,6 +134,8 @@ fn conv2d_matches_the_reference_on_every_executor() {
         (3, 2, 10, 9, 11, 3, 1, 1, true), // GPU weight gradient by output channel: 2 inputs, 8 + 3 outputs
         (2, 1, 13, 12, 7, 2, 1, 1, false), // the same with an even kernel, no bias; 8-column forward strips
         (3, 1, 9, 14, 5, 5, 1, 2, true), // 5x5 on one channel: 2x2 blocks of 3x3 taps, 13 of 36 cut
+        (3, 2, 7, 9, 6, 2, 1, 1, true),  // fast CPU direct: 2 channels, padding, 4 + 2 outputs
+        (2, 5, 6, 7, 9, 1, 1, 0, false), // fast CPU direct: 1x1 kernel, 5 taps (4 + 1), 9 outputs
     ];
     for runner in runners() {
         let (linear, reduction) = runner.tolerances();

@@ -123,13 +123,16 @@ fn reduce_chunks(partials: &mut [f32], len: usize, chunks: usize) {
 
 /// Memory one convolution layer needs through a training step, allocated once for batches of up
 /// to the shape's `batch`. A 3x3 stride-1 layer is computed with Winograd's transforms
-/// ([`crate::exec::fast::winograd`]); any other with im2col + SGEMM.
+/// ([`crate::exec::fast::winograd`]); a stride-1 layer with few rows (a first layer on grey
+/// images) directly ([`Direct`]); any other with im2col + SGEMM.
 pub struct ConvWorkspace {
     shape: Conv2dShape,
     winograd: bool,
+    direct: Option<Direct>,
     /// Per sample, kept from the forward pass for the weight gradient: the im2col matrix
-    /// `[in * k * k][out_h * out_w]`, or the Winograd input transform `V` `[16][in][tiles]`.
-    /// The im2col path then reuses it for the input gradient's columns.
+    /// `[in * k * k][out_h * out_w]`, the Winograd input transform `V` `[16][in][tiles]`, or the
+    /// padded input of [`Direct`]. The im2col and direct paths then reuse it for the input
+    /// gradient's columns.
     cols: Vec<f32>,
     /// Winograd-transformed filters: `U` of the forward pass and `U'` of the input gradient.
     u: Vec<f32>,
@@ -145,7 +148,12 @@ impl ConvWorkspace {
     pub fn new(s: &Conv2dShape) -> Self {
         let (k, c) = (s.out_channels, s.in_channels);
         let winograd = winograd::applies(s);
-        let (cols, u_len, scratch_len, partial_len) = if winograd {
+        let direct =
+            (!winograd && s.stride == 1 && conv_col_rows(s) < FEW_ROWS).then(|| Direct::new(s));
+        let (cols, u_len, scratch_len, partial_len) = if let Some(d) = &direct {
+            let cols = conv_col_len(s).max(d.input_len());
+            (cols, 0, k * d.wide, s.weight_len() + k)
+        } else if winograd {
             let out = Grid::new(s.out_height(), s.out_width());
             let input = Grid::new(s.in_height, s.in_width);
             let (tp, tp2) = (out.padded(), input.padded());
@@ -160,6 +168,7 @@ impl ConvWorkspace {
         ConvWorkspace {
             shape: *s,
             winograd,
+            direct,
             cols: vec![0.0; s.batch * cols],
             u: vec![0.0; u_len],
             u_input_grad: vec![0.0; u_len],
@@ -241,46 +250,162 @@ fn col2im(s: &Conv2dShape, cols: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// im2col layers with fewer rows than this (`in_channels * k * k`: a 3x3 first layer on one
-/// channel has 9) take [`few_rows_forward`] and [`few_rows_weight_gradient`] instead of SGEMM,
-/// whose blocks would be mostly empty there.
+/// Stride-1 layers with fewer im2col rows than this (`in_channels * k * k`: a 3x3 first layer on
+/// one channel has 9) are computed directly ([`Direct`]); SGEMM's blocks would be mostly empty.
 const FEW_ROWS: usize = 16;
 
-crate::exec::fast::winograd::multiversion! {
-/// `y[o][p] += Σ_r weight[o][r] col[r][p]` (`y` holds the bias) for one sample, 32 outputs of a
-/// channel in registers over the rows. `two-conv`'s first layer (1 -> 16 channels, 28 -> 26) at
-/// batch 32 on 2 threads here (`bench --profile`): 408 us through SGEMM, 338 us with this; the
-/// rest is im2col and memory. `sigmoid-bce`'s (1 -> 6): 315 -> 212 us.
-pub fn few_rows_forward(rows: usize, hw: usize, weight: &[f32], col: &[f32], y: &mut [f32]) {
-    const L: usize = 32;
-    let whole = hw - hw % L;
-    for (y, w) in y.chunks_exact_mut(hw).zip(weight.chunks_exact(rows)) {
-        for p0 in (0..whole).step_by(L) {
-            let mut acc: [f32; L] = y[p0..p0 + L].try_into().unwrap();
-            for (col, &w) in col.chunks_exact(hw).zip(w) {
-                let col: &[f32; L] = col[p0..p0 + L].try_into().unwrap();
-                for (a, &c) in acc.iter_mut().zip(col) {
-                    *a = madd::<FMA>(w, c, *a);
+/// Pixels of a [`Direct`] block: two AVX2 vectors, one AVX-512 vector.
+const DIRECT_BLOCK: usize = 16;
+
+/// A stride-1 convolution with few rows computed straight from the padded input, no im2col
+/// matrix. The output is computed "wide": output pixel `(y, x)` at `p = y * wp + x`, `wp` being
+/// the padded input's width, so that its input for filter tap `r = (c, ky, kx)` is at
+/// `p + off[r]` with `off[r] = (c * hp + ky) * wp + kx` for every pixel. Each tap is then one
+/// shifted row of the padded input, times a weight, added to a row of outputs: a few
+/// multiply-adds per load, in blocks of pixels that vectorise. The `k - 1` columns past the
+/// output's width compute nothing useful and are dropped. Against im2col and a kernel over its
+/// rows, this saves building the im2col matrix (9 floats kept per output here, 0.8 MB a step
+/// for `two-conv`'s first layer at batch 32): `perf` put im2col at 2.2% of that network's step
+/// and this path's padding, narrowing and widening at about 1.5%; the products cost the same.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    /// Padded input height and width.
+    hp: usize,
+    wp: usize,
+    /// Wide outputs per channel, whole blocks: `((out_h - 1) * wp + out_w)` rounded up.
+    wide: usize,
+    /// `off[r]` for each im2col row `r`, in the reference's order (channel, ky, kx).
+    off: Vec<usize>,
+    /// Input channels.
+    in_c: usize,
+}
+
+impl Direct {
+    fn new(s: &Conv2dShape) -> Direct {
+        let (hp, wp) = (s.in_height + 2 * s.padding, s.in_width + 2 * s.padding);
+        let (oh, ow, k) = (s.out_height(), s.out_width(), s.kernel_size);
+        let off = (0..s.in_channels)
+            .flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| (c * hp + ky) * wp + kx)))
+            .collect();
+        Direct {
+            hp,
+            wp,
+            wide: ((oh - 1) * wp + ow).next_multiple_of(DIRECT_BLOCK),
+            off,
+            in_c: s.in_channels,
+        }
+    }
+
+    /// Floats of one padded input: the channels, then zeros for the last block's reach (its last
+    /// tap reads up to `in * hp * wp + DIRECT_BLOCK - 1`: `wide <= (out_h - 1) * wp + out_w +
+    /// DIRECT_BLOCK - 1` plus the largest offset is that).
+    fn input_len(&self) -> usize {
+        self.in_c * self.hp * self.wp + DIRECT_BLOCK
+    }
+
+    /// `y[o][oy][ox] = wide[o][oy * wp + ox] + bias[o]`: the wide output without its extra
+    /// columns.
+    fn narrow(&self, wide: &[f32], bias: Option<&[f32]>, ow: usize, y: &mut [f32]) {
+        let hw = y.len() / (wide.len() / self.wide);
+        for (o, (y, wide)) in y
+            .chunks_exact_mut(hw)
+            .zip(wide.chunks_exact(self.wide))
+            .enumerate()
+        {
+            let b = bias.map_or(0.0, |b| b[o]);
+            for (y, wide) in y.chunks_exact_mut(ow).zip(wide.chunks(self.wp)) {
+                for (y, &v) in y.iter_mut().zip(wide) {
+                    *y = v + b;
                 }
             }
-            y[p0..p0 + L].copy_from_slice(&acc);
         }
-        for (p, y) in y.iter_mut().enumerate().skip(whole) {
-            for (col, &w) in col.chunks_exact(hw).zip(w) {
-                *y = madd::<FMA>(w, col[p], *y);
+    }
+
+    /// The inverse of [`Direct::narrow`] for a gradient: `d_wide` = `d_y` laid out wide, zeros
+    /// in the extra columns and past the end.
+    fn widen(&self, d_y: &[f32], ow: usize, d_wide: &mut [f32]) {
+        let hw = d_y.len() / (d_wide.len() / self.wide);
+        d_wide.fill(0.0);
+        for (dy, wide) in d_y.chunks_exact(hw).zip(d_wide.chunks_exact_mut(self.wide)) {
+            for (dy, wide) in dy.chunks_exact(ow).zip(wide.chunks_mut(self.wp)) {
+                wide[..ow].copy_from_slice(dy);
+            }
+        }
+    }
+
+    /// `xp` = the sample `x` (`[in][h][w]`) with `pad` zeros around each plane, then zeros.
+    fn pad(&self, s: &Conv2dShape, x: &[f32], xp: &mut [f32]) {
+        let (h, w, pad) = (s.in_height, s.in_width, s.padding);
+        xp.fill(0.0);
+        for (plane, xp) in x
+            .chunks_exact(h * w)
+            .zip(xp.chunks_exact_mut(self.hp * self.wp))
+        {
+            for (row, xp) in plane
+                .chunks_exact(w)
+                .zip(xp.chunks_exact_mut(self.wp).skip(pad))
+            {
+                xp[pad..pad + w].copy_from_slice(row);
             }
         }
     }
 }
+
+crate::exec::fast::winograd::multiversion! {
+/// `wide[o][p] = Σ_r weight[o][r] xp[p + off[r]]` for one sample's padded input `xp` ([`Direct`]):
+/// four output channels at a time, a block of pixels of each in registers over the taps.
+pub fn direct_forward(off: &[usize], wide_len: usize, weight: &[f32], xp: &[f32], wide: &mut [f32]) {
+    let rows = off.len();
+    let mut o = 0;
+    let out_c = weight.len() / rows;
+    while o + 4 <= out_c {
+        let w = &weight[o * rows..(o + 4) * rows];
+        direct_block::<4, FMA>(off, wide_len, w, xp, &mut wide[o * wide_len..(o + 4) * wide_len]);
+        o += 4;
+    }
+    for o in o..out_c {
+        let w = &weight[o * rows..(o + 1) * rows];
+        direct_block::<1, FMA>(off, wide_len, w, xp, &mut wide[o * wide_len..(o + 1) * wide_len]);
+    }
+}
+}
+
+/// `O` output channels of [`direct_forward`].
+#[inline(always)]
+fn direct_block<const O: usize, const FMA: bool>(
+    off: &[usize],
+    wide_len: usize,
+    weight: &[f32],
+    xp: &[f32],
+    wide: &mut [f32],
+) {
+    const B: usize = DIRECT_BLOCK;
+    let rows = off.len();
+    for p0 in (0..wide_len).step_by(B) {
+        let mut acc = [[0.0f32; B]; O];
+        for (r, &off) in off.iter().enumerate() {
+            let xs: &[f32; B] = xp[p0 + off..p0 + off + B].try_into().unwrap();
+            for (o, acc) in acc.iter_mut().enumerate() {
+                let w = weight[o * rows + r];
+                for (a, &x) in acc.iter_mut().zip(xs) {
+                    *a = madd::<FMA>(w, x, *a);
+                }
+            }
+        }
+        for (o, acc) in acc.iter().enumerate() {
+            wide[o * wide_len + p0..][..B].copy_from_slice(acc);
+        }
+    }
 }
 
 crate::exec::fast::winograd::multiversion! {
-/// `d_weight[o][r] += d_y[o] · col[r]` for one sample: long dot products ([`dot`]), vectorised
-/// for the CPU (SGEMM's blocks would be mostly empty).
-pub fn few_rows_weight_gradient(rows: usize, hw: usize, dy: &[f32], col: &[f32], dw: &mut [f32]) {
-    for (dy, dw) in dy.chunks_exact(hw).zip(dw.chunks_exact_mut(rows)) {
-        for (col, dw) in col.chunks_exact(hw).zip(dw) {
-            *dw += dot(dy, col);
+/// `d_weight[o][r] += Σ_p d_wide[o][p] xp[p + off[r]]` for one sample ([`Direct`]; `d_wide` is
+/// the output gradient laid out wide, zero past the output's width): long dot products ([`dot`]).
+/// (Blocks of 2 channels x 4 taps in registers, fewer loads per multiply-add, measured slower.)
+pub fn direct_weight_gradient(off: &[usize], wide_len: usize, d_wide: &[f32], xp: &[f32], dw: &mut [f32]) {
+    for (d, dw) in d_wide.chunks_exact(wide_len).zip(dw.chunks_exact_mut(off.len())) {
+        for (dw, &off) in dw.iter_mut().zip(off) {
+            *dw += dot(d, &xp[off..off + wide_len]);
         }
     }
 }
@@ -306,6 +431,25 @@ pub fn conv2d_forward(
     let (oh, ow) = (s.out_height(), s.out_width());
     let (in_len, out_len) = (c * s.in_height * s.in_width, k * oh * ow);
     let (per, _) = chunking(s.batch);
+    if let Some(d) = &ws.direct {
+        let col_len = ws.cols.len() / ws.shape.batch;
+        ws.scratch
+            .par_chunks_mut(ws.scratch_len)
+            .zip(ws.cols[..s.batch * col_len].par_chunks_mut(per * col_len))
+            .zip(output[..s.output_len()].par_chunks_mut(per * out_len))
+            .zip(input[..s.input_len()].par_chunks(per * in_len))
+            .for_each(|(((wide, xps), ys), xs)| {
+                let each = xps.chunks_mut(col_len).zip(ys.chunks_mut(out_len));
+                for ((xp, y), x) in each.zip(xs.chunks(in_len)) {
+                    let xp = &mut xp[..d.input_len()];
+                    d.pad(s, x, xp);
+                    direct_forward(&d.off, d.wide, weight, xp, wide);
+                    d.narrow(wide, bias, ow, y);
+                    act.apply(y);
+                }
+            });
+        return;
+    }
     if !ws.winograd {
         let (rows, hw) = (conv_col_rows(s), oh * ow);
         output[..s.output_len()]
@@ -322,11 +466,7 @@ pub fn conv2d_forward(
                     }
                     None => y.fill(0.0),
                 }
-                if rows < FEW_ROWS {
-                    few_rows_forward(rows, hw, weight, col, y);
-                } else {
-                    sgemm(k, rows, hw, weight, (rows, 1), col, (hw, 1), y, true);
-                }
+                sgemm(k, rows, hw, weight, (rows, 1), col, (hw, 1), y, true);
                 act.apply(y);
             });
         return;
@@ -389,9 +529,9 @@ pub fn conv2d_backward_weight(
     let (w_len, col_len) = if ws.winograd {
         (W * k * c, W * c * tp)
     } else {
-        (s.weight_len(), conv_col_len(s))
+        (s.weight_len(), ws.cols.len() / ws.shape.batch)
     };
-    let (winograd, cols) = (ws.winograd, &ws.cols);
+    let (winograd, direct, cols) = (ws.winograd, &ws.direct, &ws.cols);
     ws.partials
         .par_chunks_mut(w_len + k)
         .zip(ws.scratch.par_chunks_mut(ws.scratch_len))
@@ -413,10 +553,12 @@ pub fn conv2d_backward_weight(
                     }
                 } else {
                     // d_weight[o, r] += sum_p dy[o, p] * col[r, p].
-                    let rows = conv_col_rows(s);
-                    if rows < FEW_ROWS {
-                        few_rows_weight_gradient(rows, hw, dy, col, dw);
+                    if let Some(d) = direct {
+                        let d_wide = &mut scratch[..k * d.wide];
+                        d.widen(dy, ow, d_wide);
+                        direct_weight_gradient(&d.off, d.wide, d_wide, &col[..d.input_len()], dw);
                     } else {
+                        let rows = conv_col_rows(s);
                         sgemm(k, hw, rows, dy, (hw, 1), col, (1, hw), dw, true);
                     }
                 }
@@ -441,13 +583,14 @@ pub fn conv2d_backward_weight(
 /// - Winograd: the forward algorithm on `d_y` padded by `2 - padding`, with the filters rotated
 ///   180° and their channel axes swapped.
 ///
-/// With `relu_input` (this layer's input, the output of a ReLU), the gradient is passed back
-/// through that ReLU too: `d_input *= relu_input > 0` (a fused `relu -> conv` backward).
+/// With `act_before` (an activation and its output, which is this layer's input), the gradient
+/// is passed back through that activation too ([`Epilogue::backward_in_place`]: a fused
+/// `relu -> conv`, `tanh -> conv` or `sigmoid -> conv` backward).
 pub fn conv2d_backward_input(
     s: &Conv2dShape,
     d_output: &[f32],
     weight: &[f32],
-    relu_input: Option<&[f32]>,
+    act_before: Option<(Epilogue, &[f32])>,
     d_input: &mut [f32],
     ws: &mut ConvWorkspace,
 ) {
@@ -465,8 +608,8 @@ pub fn conv2d_backward_input(
             .for_each(|(n, ((dx, dcol), dy))| {
                 sgemm(rows, k, hw, weight, (1, rows), dy, (hw, 1), dcol, false);
                 col2im(s, dcol, dx);
-                if let Some(x) = relu_input {
-                    mask_in_place(dx, &x[n * in_len..][..in_len]);
+                if let Some((act, x)) = act_before {
+                    act.backward_in_place(dx, &x[n * in_len..][..in_len]);
                 }
             });
         return;
@@ -491,8 +634,8 @@ pub fn conv2d_backward_input(
                     winograd::gemm(c, k, tp, u, k, v, tp, m, tp, false);
                 }
                 winograd::output_transform(c, (s.in_height, s.in_width), tiles, m, None, dx, rows);
-                if let Some(x) = relu_input {
-                    mask_in_place(dx, &x[(chunk * per + j) * in_len..][..in_len]);
+                if let Some((act, x)) = act_before {
+                    act.backward_in_place(dx, &x[(chunk * per + j) * in_len..][..in_len]);
                 }
             }
         });
@@ -572,13 +715,23 @@ crate::exec::fast::winograd::multiversion! {
 /// `d_x[n] = Σ_o d_y[n][o] weight[o]` (summed over o in order from zero, as the reference) for
 /// the rows of `d_y`: four rows at a time, 16 inputs of each in registers over every output and
 /// then stored once, so each weight is loaded once per four rows (18432 -> 10 at batch 32 on 2
-/// threads: 372 us one row at a time, 310 us four); the rest of the rows one at a time.
-pub fn dense_narrow_backward_input(fin: usize, d_y: &[f32], weight: &[f32], d_x: &mut [f32]) {
+/// threads: 372 us one row at a time, 310 us four); the rest of the rows one at a time. With an
+/// activation in `act` (whose output `x` is this layer's input, laid out as `d_x`), each four rows
+/// are then passed back through it while they are in cache ([`Epilogue::backward_in_place`]).
+pub fn dense_narrow_backward_input(
+    fin: usize,
+    d_y: &[f32],
+    weight: &[f32],
+    act: Epilogue,
+    x: &[f32],
+    d_x: &mut [f32],
+) {
     const LANES: usize = 16;
     let fout = weight.len() / fin;
     let whole = fin - fin % LANES;
     let mut dys = d_y.chunks_exact(4 * fout);
     let mut dxs = d_x.chunks_exact_mut(4 * fin);
+    let mut row = 0;
     for (dy, dx) in (&mut dys).zip(&mut dxs) {
         let (x0, rest) = dx.split_at_mut(fin);
         let (x1, rest) = rest.split_at_mut(fin);
@@ -604,6 +757,11 @@ pub fn dense_narrow_backward_input(fin: usize, d_y: &[f32], weight: &[f32], d_x:
         for (dy, dx) in dy.chunks_exact(fout).zip(dx.chunks_exact_mut(fin)) {
             narrow_input_tail(whole, dy, weight, dx);
         }
+        if act != Epilogue::None {
+            // While these four rows are in L2.
+            act_backward(act, dx, &x[row * fin..][..4 * fin]);
+        }
+        row += 4;
     }
     let rest = dys.remainder().chunks_exact(fout);
     for (dy, dx) in rest.zip(dxs.into_remainder().chunks_exact_mut(fin)) {
@@ -617,6 +775,10 @@ pub fn dense_narrow_backward_input(fin: usize, d_y: &[f32], weight: &[f32], d_x:
             dx[j0..j0 + LANES].copy_from_slice(&acc);
         }
         narrow_input_tail(whole, dy, weight, dx);
+        if act != Epilogue::None {
+            act_backward(act, dx, &x[row * fin..][..fin]);
+        }
+        row += 1;
     }
 }
 }
@@ -729,13 +891,14 @@ pub fn dense_forward(
 }
 
 /// `d_x[N, in] = d_y[N, out] * weight[out, in]`, in parallel blocks of rows (SGEMM: with
-/// `weight` thousands of floats apart row to row, packing pays here). With `relu_input`, also back
-/// through the ReLU that produced this layer's input, as [`conv2d_backward_input`].
+/// `weight` thousands of floats apart row to row, packing pays here). With `act_before`, also back
+/// through the activation that produced this layer's input, as [`conv2d_backward_input`] (the
+/// narrow kernel does it while each block of the gradient is in registers).
 pub fn dense_backward_input(
     s: &DenseShape,
     d_output: &[f32],
     weight: &[f32],
-    relu_input: Option<&[f32]>,
+    act_before: Option<(Epilogue, &[f32])>,
     d_input: &mut [f32],
 ) {
     let block = row_block(s.batch);
@@ -746,13 +909,14 @@ pub fn dense_backward_input(
         .enumerate()
         .for_each(|(i, (dx, dy))| {
             let rows = dx.len() / fin;
+            let (act, x) = act_before.map_or((Epilogue::None, &[][..]), |(act, x)| {
+                (act, &x[i * block * fin..][..dx.len()])
+            });
             if fout <= NARROW {
-                dense_narrow_backward_input(fin, dy, &weight[..fout * fin], dx);
+                dense_narrow_backward_input(fin, dy, &weight[..fout * fin], act, x, dx);
             } else {
                 sgemm(rows, fout, fin, dy, (fout, 1), weight, (fin, 1), dx, false);
-            }
-            if let Some(x) = relu_input {
-                mask_in_place(dx, &x[i * block * fin..][..dx.len()]);
+                act.backward_in_place(dx, x);
             }
         });
 }
@@ -1001,17 +1165,39 @@ impl Epilogue {
     }
 }
 
+impl Epilogue {
+    /// `d *= act'(y)` in place, `y` being the activation's output, with the reference's formulas:
+    /// the activation's backward pass, folded into the input gradient of the layer after it.
+    pub fn backward_in_place(self, d: &mut [f32], y: &[f32]) {
+        if self != Epilogue::None {
+            activation_backward_in_place(self, d, y);
+        }
+    }
+}
+
+crate::exec::fast::winograd::multiversion! {
+/// [`Epilogue::backward_in_place`], compiled for each instruction set.
+pub fn activation_backward_in_place(act: Epilogue, d: &mut [f32], y: &[f32]) {
+    act_backward(act, d, y);
+}
+}
+
+/// The body of [`activation_backward_in_place`], for kernels that fold it in themselves.
+#[inline(always)]
+fn act_backward(act: Epilogue, d: &mut [f32], y: &[f32]) {
+    let each = d.iter_mut().zip(y);
+    match act {
+        Epilogue::None => {}
+        Epilogue::Relu => each.for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 }),
+        Epilogue::Tanh => each.for_each(|(d, &y)| *d *= 1.0 - y * y),
+        Epilogue::Sigmoid => each.for_each(|(d, &y)| *d = *d * y * (1.0 - y)),
+    }
+}
+
 /// [`r::relu_forward`] in place.
 pub(super) fn relu_in_place(y: &mut [f32]) {
     for y in y {
         *y = if *y > 0.0 { *y } else { 0.0 };
-    }
-}
-
-/// [`r::relu_backward`] in place: `d *= y > 0`, `y` being the ReLU's output.
-pub(super) fn mask_in_place(d: &mut [f32], y: &[f32]) {
-    for (d, &y) in d.iter_mut().zip(y) {
-        *d = if y > 0.0 { *d } else { 0.0 };
     }
 }
 

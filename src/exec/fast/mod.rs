@@ -4,13 +4,16 @@
 //!
 //! - 3x3 stride-1 convolutions with at least 4 input channels: Winograd ([`crate::exec::fast::winograd`]).
 //!   The forward pass keeps each sample's input transform for the weight gradient.
+//! - Other stride-1 convolutions with fewer than 16 taps (`in * k * k`; a first layer on grey
+//!   images): directly, from the padded input ([`kernels::Direct`]), which the forward pass keeps.
 //! - Other convolutions: im2col + SGEMM (`matrixmultiply`). The forward pass keeps each sample's
 //!   im2col matrix, `[in * k * k, out_h * out_w]`, for the weight gradient, then the input
 //!   gradient reuses that memory for its columns.
 //! - Dense layers: the forward pass as `W x^T` with [`winograd::gemm`], the gradients with SGEMM.
-//! - A ReLU after a convolution is applied by the convolution; a ReLU before a convolution, dense
-//!   or max-pool layer has its backward pass applied by that layer's input gradient. The ReLU
-//!   layer itself then only hands its buffer on, as a flatten does.
+//! - A ReLU, tanh or sigmoid after a convolution is applied by the convolution. The backward pass
+//!   of an activation before a convolution or dense layer (or before a flatten before one), of a
+//!   ReLU before a max pool, and of an activation before a dropout is applied by that layer's
+//!   input gradient. The activation layer itself then only hands its buffer on, as a flatten does.
 //!
 //! Layouts are the reference's (NCHW, PyTorch parameter layouts). Weight gradients are summed over
 //! a fixed number of batch chunks (not one per thread), so results do not depend on how many cores
@@ -58,9 +61,13 @@ pub struct FastCpu {
     /// Per dropout layer: the activation before it (not the network's first layer), whose
     /// backward pass the dropout's folds in (the activation's then only hands the buffer on).
     before_dropout: Vec<Epilogue>,
-    /// Per layer: a convolution, dense or max-pool layer after a ReLU, whose input gradient folds
-    /// in that ReLU's backward pass (which then only hands the buffer on).
-    relu_before: Vec<bool>,
+    /// Per layer: for a convolution or dense layer after an activation (ReLU, tanh or sigmoid;
+    /// not the network's first layer), directly or through a flatten, and for a max pool after a
+    /// ReLU, that activation: the layer's input gradient folds in its backward pass.
+    act_before: Vec<Epilogue>,
+    /// Per layer: an activation whose backward pass the layer after it folds in (see
+    /// `before_dropout` and `act_before`); its own backward pass then only hands the buffer on.
+    folded: Vec<bool>,
     labels: Vec<u8>,
     /// When set, (name, calls, seconds) of every layer's forward and backward pass, then the
     /// gather, loss and optimizer; see [`FastCpu::enable_profiling`].
@@ -128,22 +135,41 @@ impl FastCpu {
                 _ => Epilogue::None,
             })
             .collect();
-        let before_dropout = (0..kinds.len())
+        let before_dropout: Vec<Epilogue> = (0..kinds.len())
             .map(|i| match kinds[i] {
                 Layer::Dropout { .. } if i > 1 => Epilogue::before(Some(kinds[i - 1])),
                 _ => Epilogue::None,
             })
             .collect();
-        let relu_before = (0..kinds.len())
+        // The layer before layer i, looking through a flatten for convolutions and dense layers.
+        let before = |i: usize| {
+            let j = i.checked_sub(1)?;
+            match (kinds[i], kinds[j]) {
+                (Layer::Conv2d { .. } | Layer::Dense { .. }, Layer::Flatten) => j.checked_sub(1),
+                _ => Some(j),
+            }
+        };
+        let act_before: Vec<Epilogue> = (0..kinds.len())
             .map(|i| {
-                i > 0
-                    && matches!(kinds[i - 1], Layer::Relu)
-                    && matches!(
-                        kinds[i],
-                        Layer::Conv2d { .. } | Layer::Dense { .. } | Layer::MaxPool2d { .. }
-                    )
+                let act = before(i)
+                    .filter(|&j| j > 0)
+                    .map_or(Epilogue::None, |j| Epilogue::before(Some(kinds[j])));
+                match kinds[i] {
+                    Layer::Conv2d { .. } | Layer::Dense { .. } => act,
+                    Layer::MaxPool2d { .. } if act == Epilogue::Relu => act,
+                    _ => Epilogue::None,
+                }
             })
             .collect();
+        let mut folded = vec![false; kinds.len()];
+        for i in 0..kinds.len() {
+            if act_before[i] != Epilogue::None {
+                folded[before(i).unwrap()] = true;
+            }
+            if before_dropout[i] != Epilogue::None {
+                folded[i - 1] = true;
+            }
+        }
         let grads = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
         FastCpu {
             host: HostState::new(net, params, train, test, norm, seed),
@@ -158,7 +184,8 @@ impl FastCpu {
             norm_stats,
             epilogue,
             before_dropout,
-            relu_before,
+            act_before,
+            folded,
             labels: Vec::with_capacity(capacity),
             profile: None,
         }
@@ -251,18 +278,15 @@ impl FastCpu {
                 record(&mut self.profile, layers + i, started);
                 continue;
             }
-            let folded = self
-                .before_dropout
-                .get(i + 1)
-                .is_some_and(|&a| a != Epilogue::None);
-            if folded || self.relu_before.get(i + 1) == Some(&true) {
+            if self.folded[i] {
                 // The next layer's input gradient has been through this activation already.
                 self.d_acts.swap(i, i + 1);
                 record(&mut self.profile, layers + i, started);
                 continue;
             }
             let x = &self.acts[i][..batch * l.input.len()];
-            let relu_input = self.relu_before[i].then_some(x);
+            let act_before =
+                (self.act_before[i] != Epilogue::None).then_some((self.act_before[i], x));
             let y = &self.acts[i + 1][..batch * l.output.len()];
             let (before, after) = self.d_acts.split_at_mut(i + 1);
             let (d_x, d_y) = (
@@ -279,7 +303,7 @@ impl FastCpu {
                     let ws = self.convs[i].as_mut().unwrap();
                     conv2d_backward_weight(&s, d_y, &mut lo[w], d_bias, ws);
                     if !first {
-                        conv2d_backward_input(&s, d_y, &self.host.params[w], relu_input, d_x, ws);
+                        conv2d_backward_input(&s, d_y, &self.host.params[w], act_before, d_x, ws);
                     }
                 }
                 Layer::Dense { .. } => {
@@ -289,7 +313,7 @@ impl FastCpu {
                     let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
                     dense_backward_weight(&s, x, d_y, &mut lo[w], d_bias);
                     if !first {
-                        dense_backward_input(&s, d_y, &self.host.params[w], relu_input, d_x);
+                        dense_backward_input(&s, d_y, &self.host.params[w], act_before, d_x);
                     }
                 }
                 Layer::BatchNorm => {
@@ -302,6 +326,7 @@ impl FastCpu {
                 }
                 _ if first => {}
                 Layer::MaxPool2d { .. } => {
+                    let relu_input = act_before.map(|(_, x)| x);
                     max_pool2d_backward(&l.pool_shape(batch), &self.argmax[i], d_y, relu_input, d_x)
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_backward(&l.pool_shape(batch), d_y, d_x),
@@ -329,7 +354,7 @@ impl Executor for FastCpu {
             winograd::Isa::Portable => "portable",
         };
         format!(
-            "CPU (Winograd and im2col + SGEMM, {isa}, {} threads)",
+            "CPU (Winograd, direct and im2col + SGEMM convolutions, {isa}, {} threads)",
             rayon::current_num_threads()
         )
     }
