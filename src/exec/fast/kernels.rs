@@ -133,12 +133,13 @@ pub struct ConvWorkspace {
     /// `[in * k * k][out_h * out_w]`, the Winograd input transform `V` `[16][in][tiles]`, or the
     /// padded input of [`Direct`]. The im2col and direct paths then reuse it for the input
     /// gradient's columns.
-    cols: Vec<f32>,
+    cols: Aligned,
     /// Winograd-transformed filters: `U` of the forward pass and `U'` of the input gradient.
-    u: Vec<f32>,
-    u_input_grad: Vec<f32>,
-    /// Per chunk of the batch: one sample's transforms and products (Winograd only).
-    scratch: Vec<f32>,
+    u: Aligned,
+    u_input_grad: Aligned,
+    /// Per chunk of the batch: one sample's transforms and products (Winograd only), a whole
+    /// number of cache lines each.
+    scratch: Aligned,
     scratch_len: usize,
     /// Per chunk: the partial weight gradient (transformed for Winograd) followed by the bias's.
     partials: Vec<f32>,
@@ -165,14 +166,15 @@ impl ConvWorkspace {
             // (A scratch of one float a chunk keeps the chunk loops uniform.)
             (conv_col_len(s), 0, 1, s.weight_len() + k)
         };
+        let scratch_len = scratch_len.next_multiple_of(16);
         ConvWorkspace {
             shape: *s,
             winograd,
             direct,
-            cols: vec![0.0; s.batch * cols],
-            u: vec![0.0; u_len],
-            u_input_grad: vec![0.0; u_len],
-            scratch: vec![0.0; REDUCE_CHUNKS * scratch_len],
+            cols: Aligned::zeros(s.batch * cols),
+            u: Aligned::zeros(u_len),
+            u_input_grad: Aligned::zeros(u_len),
+            scratch: Aligned::zeros(REDUCE_CHUNKS * scratch_len),
             scratch_len,
             partials: vec![0.0; REDUCE_CHUNKS * partial_len],
         }
@@ -188,6 +190,36 @@ impl ConvWorkspace {
             "convolution {s:?} does not fit the workspace built for {:?}",
             self.shape
         );
+    }
+}
+
+/// Zeros whose first float starts a 64-byte cache line. The Winograd matrices' rows are whole
+/// lines (16 floats), so with this each 16-float load of the products touches one line, not two
+/// (a `Vec` of this size starts 16 bytes into a page here).
+struct Aligned {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeros(len: usize) -> Aligned {
+        let buf = vec![0.0f32; len + 15];
+        let start = buf.as_ptr().align_offset(64).min(15);
+        Aligned { buf, start, len }
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 
@@ -353,7 +385,8 @@ impl Direct {
 
 crate::exec::fast::winograd::multiversion! {
 /// `wide[o][p] = Σ_r weight[o][r] xp[p + off[r]]` for one sample's padded input `xp` ([`Direct`]):
-/// four output channels at a time, a block of pixels of each in registers over the taps.
+/// four output channels at a time (then two, then one), a block of pixels of each in registers
+/// over the taps.
 pub fn direct_forward(off: &[usize], wide_len: usize, weight: &[f32], xp: &[f32], wide: &mut [f32]) {
     let rows = off.len();
     let mut o = 0;
@@ -362,6 +395,11 @@ pub fn direct_forward(off: &[usize], wide_len: usize, weight: &[f32], xp: &[f32]
         let w = &weight[o * rows..(o + 4) * rows];
         direct_block::<4, FMA>(off, wide_len, w, xp, &mut wide[o * wide_len..(o + 4) * wide_len]);
         o += 4;
+    }
+    if o + 2 <= out_c {
+        let w = &weight[o * rows..(o + 2) * rows];
+        direct_block::<2, FMA>(off, wide_len, w, xp, &mut wide[o * wide_len..(o + 2) * wide_len]);
+        o += 2;
     }
     for o in o..out_c {
         let w = &weight[o * rows..(o + 1) * rows];
