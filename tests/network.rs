@@ -277,6 +277,14 @@ fn training_trajectories_match_the_reference_on_every_executor() {
             6,
             0.05,
         ),
+        // Dropouts whose backward passes (with the activation before them) the fast CPU folds
+        // into the input gradient of the dense layer after them: through a flatten into a wide
+        // layer (SGEMM), and directly into a narrow one.
+        (
+            "conv4k3-sigmoid-dropout0.3-dense20-relu-dropout0.5-dense10",
+            7,
+            0.05,
+        ),
         // Stride, padding, no bias, overlapping max pooling, MSE; batch 7 and batch 1.
         (
             "conv4k3s2p1nb-relu-maxpool3s2-dense12-sigmoid-dense10-mse",

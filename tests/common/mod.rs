@@ -478,7 +478,11 @@ impl OpRunner for FastRunner {
         };
         let mut scratch = vec![0.0; fast::dense_scratch_len(s)];
         fast::dense_forward(s, x, w, b, &mut r.output, &mut scratch);
-        let mask = fused.relu_mask.then_some((fast::Epilogue::Relu, x));
+        let mask = fused.relu_mask.then_some(fast::Before {
+            act: fast::Epilogue::Relu,
+            out: x,
+            dropout: None,
+        });
         fast::dense_backward_input(s, d_y, w, mask, &mut r.d_input);
         fast::dense_backward_weight(s, x, d_y, &mut r.d_weight, Some(&mut r.d_bias));
         Some(r)

@@ -753,15 +753,15 @@ crate::exec::fast::winograd::multiversion! {
 /// `d_x[n] = Σ_o d_y[n][o] weight[o]` (summed over o in order from zero, as the reference) for
 /// the rows of `d_y`: four rows at a time, 16 inputs of each in registers over every output and
 /// then stored once, so each weight is loaded once per four rows (18432 -> 10 at batch 32 on 2
-/// threads: 372 us one row at a time, 310 us four); the rest of the rows one at a time. With an
-/// activation in `act` (whose output `x` is this layer's input, laid out as `d_x`), each four rows
-/// are then passed back through it while they are in cache ([`Epilogue::backward_in_place`]).
+/// threads: 372 us one row at a time, 310 us four); the rest of the rows one at a time. With
+/// `before` (`d_x` being elements `from..` of the batch's gradient), each four rows are then
+/// passed back through the layers before while they are in cache ([`Before`]).
 pub fn dense_narrow_backward_input(
     fin: usize,
     d_y: &[f32],
     weight: &[f32],
-    act: Epilogue,
-    x: &[f32],
+    before: Option<Before>,
+    from: usize,
     d_x: &mut [f32],
 ) {
     const LANES: usize = 16;
@@ -795,9 +795,9 @@ pub fn dense_narrow_backward_input(
         for (dy, dx) in dy.chunks_exact(fout).zip(dx.chunks_exact_mut(fin)) {
             narrow_input_tail(whole, dy, weight, dx);
         }
-        if act != Epilogue::None {
+        if let Some(before) = &before {
             // While these four rows are in L2.
-            act_backward(act, dx, &x[row * fin..][..4 * fin]);
+            before.apply(from + row * fin, dx);
         }
         row += 4;
     }
@@ -813,8 +813,8 @@ pub fn dense_narrow_backward_input(
             dx[j0..j0 + LANES].copy_from_slice(&acc);
         }
         narrow_input_tail(whole, dy, weight, dx);
-        if act != Epilogue::None {
-            act_backward(act, dx, &x[row * fin..][..fin]);
+        if let Some(before) = &before {
+            before.apply(from + row * fin, dx);
         }
         row += 1;
     }
@@ -929,14 +929,14 @@ pub fn dense_forward(
 }
 
 /// `d_x[N, in] = d_y[N, out] * weight[out, in]`, in parallel blocks of rows (SGEMM: with
-/// `weight` thousands of floats apart row to row, packing pays here). With `act_before`, also back
-/// through the activation that produced this layer's input, as [`conv2d_backward_input`] (the
-/// narrow kernel does it while each block of the gradient is in registers).
+/// `weight` thousands of floats apart row to row, packing pays here). With `before`, also back
+/// through the dropout and/or activation before this layer ([`Before`]; the narrow kernel does
+/// it while each four rows of the gradient are in L2).
 pub fn dense_backward_input(
     s: &DenseShape,
     d_output: &[f32],
     weight: &[f32],
-    act_before: Option<(Epilogue, &[f32])>,
+    before: Option<Before>,
     d_input: &mut [f32],
 ) {
     let block = row_block(s.batch);
@@ -947,14 +947,14 @@ pub fn dense_backward_input(
         .enumerate()
         .for_each(|(i, (dx, dy))| {
             let rows = dx.len() / fin;
-            let (act, x) = act_before.map_or((Epilogue::None, &[][..]), |(act, x)| {
-                (act, &x[i * block * fin..][..dx.len()])
-            });
+            let from = i * block * fin;
             if fout <= NARROW {
-                dense_narrow_backward_input(fin, dy, &weight[..fout * fin], act, x, dx);
+                dense_narrow_backward_input(fin, dy, &weight[..fout * fin], before, from, dx);
             } else {
                 sgemm(rows, fout, fin, dy, (fout, 1), weight, (fin, 1), dx, false);
-                act.backward_in_place(dx, x);
+                if let Some(before) = &before {
+                    before_backward_in_place(before, from, dx);
+                }
             }
         });
 }
@@ -1232,6 +1232,45 @@ fn act_backward(act: Epilogue, d: &mut [f32], y: &[f32]) {
     }
 }
 
+/// What a dense layer's input gradient is passed back through before it is stored, folding in
+/// those layers' backward passes: a dropout just before the layer (directly or through a
+/// flatten), then the activation before that, or an activation just before the layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Before<'a> {
+    /// The activation, and its output for the whole batch (the dropout's input, or this
+    /// layer's input): `d *= act'(out)`.
+    pub act: Epilogue,
+    pub out: &'a [f32],
+    /// The dropout's `1 / (1 - p)` and its kept mask for the whole batch
+    /// ([`dropout_backward`]).
+    pub dropout: Option<(f32, &'a [u8])>,
+}
+
+impl Before<'_> {
+    /// Back through these layers, for the elements `from..from + d.len()` of the batch.
+    #[inline(always)]
+    fn apply(&self, from: usize, d: &mut [f32]) {
+        let out = if self.act == Epilogue::None {
+            &[][..]
+        } else {
+            &self.out[from..from + d.len()]
+        };
+        match self.dropout {
+            Some((scale, keep)) => {
+                dropout_backward_in_place(scale, &keep[from..from + d.len()], self.act, out, d)
+            }
+            None => act_backward(self.act, d, out),
+        }
+    }
+}
+
+crate::exec::fast::winograd::multiversion! {
+/// [`Before::apply`], compiled for each instruction set.
+pub fn before_backward_in_place(before: &Before, from: usize, d: &mut [f32]) {
+    before.apply(from, d);
+}
+}
+
 /// [`r::relu_forward`] in place.
 pub(super) fn relu_in_place(y: &mut [f32]) {
     for y in y {
@@ -1345,20 +1384,32 @@ pub fn dropout_backward_chunk(
     d_y: &[f32],
     d_x: &mut [f32],
 ) {
-    let each = d_x.iter_mut().zip(d_y).zip(keep).zip(t);
+    d_x.copy_from_slice(d_y);
+    dropout_backward_in_place(scale, keep, act, t, d_x);
+}
+}
+
+/// The body of [`dropout_backward_chunk`] on the gradient in place, for kernels that fold it in.
+#[inline(always)]
+fn dropout_backward_in_place(scale: f32, keep: &[u8], act: Epilogue, t: &[f32], d: &mut [f32]) {
+    if act == Epilogue::None {
+        // (`t` may be empty then.)
+        d.iter_mut()
+            .zip(keep)
+            .for_each(|(d, &k)| *d = dropped(scale, k, *d));
+        return;
+    }
+    let each = d.iter_mut().zip(keep).zip(t);
     match act {
-        Epilogue::None => each.for_each(|(((dx, &dy), &k), _)| *dx = dropped(scale, k, dy)),
-        Epilogue::Tanh => each.for_each(|(((dx, &dy), &k), &t)| {
-            *dx = dropped(scale, k, dy) * (1.0 - t * t);
-        }),
-        Epilogue::Sigmoid => each.for_each(|(((dx, &dy), &k), &t)| {
-            *dx = dropped(scale, k, dy) * t * (1.0 - t);
-        }),
-        Epilogue::Relu => each.for_each(|(((dx, &dy), &k), &t)| {
-            *dx = if t > 0.0 { dropped(scale, k, dy) } else { 0.0 };
+        Epilogue::None => unreachable!("handled above"),
+        Epilogue::Tanh => each.for_each(|((d, &k), &t)| *d = dropped(scale, k, *d) * (1.0 - t * t)),
+        Epilogue::Sigmoid => {
+            each.for_each(|((d, &k), &t)| *d = dropped(scale, k, *d) * t * (1.0 - t))
+        }
+        Epilogue::Relu => each.for_each(|((d, &k), &t)| {
+            *d = if t > 0.0 { dropped(scale, k, *d) } else { 0.0 };
         }),
     }
-}
 }
 
 // ---------------------------------------------------------------------------------------------

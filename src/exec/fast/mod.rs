@@ -13,7 +13,8 @@
 //! - A ReLU, tanh or sigmoid after a convolution is applied by the convolution. The backward pass
 //!   of an activation before a convolution or dense layer (or before a flatten before one), of a
 //!   ReLU before a max pool, and of an activation before a dropout is applied by that layer's
-//!   input gradient. The activation layer itself then only hands its buffer on, as a flatten does.
+//!   input gradient, and so is a dropout's (with the activation before it) by a dense layer after
+//!   it. The folded layer itself then only hands its buffer on, as a flatten does.
 //!
 //! Layouts are the reference's (NCHW, PyTorch parameter layouts). Weight gradients are summed over
 //! a fixed number of batch chunks (not one per thread), so results do not depend on how many cores
@@ -65,8 +66,13 @@ pub struct FastCpu {
     /// not the network's first layer), directly or through a flatten, and for a max pool after a
     /// ReLU, that activation: the layer's input gradient folds in its backward pass.
     act_before: Vec<Epilogue>,
-    /// Per layer: an activation whose backward pass the layer after it folds in (see
-    /// `before_dropout` and `act_before`); its own backward pass then only hands the buffer on.
+    /// Per layer: for a dense layer after a dropout (directly or through a flatten), that
+    /// dropout's index: the dense layer's input gradient folds in the dropout's backward pass
+    /// (and that of the activation before it, `before_dropout`).
+    dropout_before: Vec<Option<usize>>,
+    /// Per layer: an activation or dropout whose backward pass the layer after it folds in (see
+    /// `before_dropout`, `act_before` and `dropout_before`); its own backward pass then only
+    /// hands the buffer on.
     folded: Vec<bool>,
     labels: Vec<u8>,
     /// When set, (name, calls, seconds) of every layer's forward and backward pass, then the
@@ -161,6 +167,14 @@ impl FastCpu {
                 }
             })
             .collect();
+        let dropout_before: Vec<Option<usize>> = (0..kinds.len())
+            .map(|i| match kinds[i] {
+                Layer::Dense { .. } => {
+                    before(i).filter(|&j| j > 0 && matches!(kinds[j], Layer::Dropout { .. }))
+                }
+                _ => None,
+            })
+            .collect();
         let mut folded = vec![false; kinds.len()];
         for i in 0..kinds.len() {
             if act_before[i] != Epilogue::None {
@@ -168,6 +182,9 @@ impl FastCpu {
             }
             if before_dropout[i] != Epilogue::None {
                 folded[i - 1] = true;
+            }
+            if let Some(j) = dropout_before[i] {
+                folded[j] = true;
             }
         }
         let grads = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
@@ -185,6 +202,7 @@ impl FastCpu {
             epilogue,
             before_dropout,
             act_before,
+            dropout_before,
             folded,
             labels: Vec::with_capacity(capacity),
             profile: None,
@@ -313,7 +331,24 @@ impl FastCpu {
                     let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
                     dense_backward_weight(&s, x, d_y, &mut lo[w], d_bias);
                     if !first {
-                        dense_backward_input(&s, d_y, &self.host.params[w], act_before, d_x);
+                        let before = match self.dropout_before[i] {
+                            Some(j) => {
+                                let Layer::Dropout { p } = self.host.net.layers[j].layer else {
+                                    unreachable!("dropout_before names a dropout")
+                                };
+                                Some(Before {
+                                    act: self.before_dropout[j],
+                                    out: &self.acts[j][..d_x.len()],
+                                    dropout: Some((1.0 / (1.0 - p), &self.keep[j][..d_x.len()])),
+                                })
+                            }
+                            None => act_before.map(|(act, out)| Before {
+                                act,
+                                out,
+                                dropout: None,
+                            }),
+                        };
+                        dense_backward_input(&s, d_y, &self.host.params[w], before, d_x);
                     }
                 }
                 Layer::BatchNorm => {
