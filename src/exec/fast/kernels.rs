@@ -58,6 +58,64 @@ pub fn sgemm(
     }
 }
 
+/// `c = a * b` (a is m x k with `a_strides`, b is k x n row-major, c is m x n row-major), in
+/// parallel over blocks of columns of `b` and `c`. Each task packs only its own columns of `b`:
+/// split by rows instead, every task packed all of `b` (for a dense layer's input gradient, the
+/// whole weight matrix, once per core per step).
+pub fn sgemm_by_columns(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    c: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = (m - 1) * a_strides.0 + k.saturating_sub(1) * a_strides.1;
+    assert!(
+        (k == 0 || (a.len() > last && b.len() >= k * n)) && c.len() >= m * n,
+        "sgemm operands too short"
+    );
+    // Two blocks a core, whole cache lines wide (each packs a's few rows again: small).
+    let blocks = 2 * rayon::current_num_threads().max(1);
+    let width = n.div_ceil(blocks).next_multiple_of(16);
+    /// `c`'s address, shared by the tasks: each writes only its own columns.
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32);
+    // SAFETY: the tasks write disjoint columns of `c`, and `c` outlives them (borrowed below).
+    unsafe impl Send for Out {}
+    unsafe impl Sync for Out {}
+    let out = Out(c.as_mut_ptr());
+    (0..n.div_ceil(width)).into_par_iter().for_each(|block| {
+        let j0 = block * width;
+        let cols = width.min(n - j0);
+        let out = out;
+        // SAFETY: rows 0..m and columns j0..j0 + cols of `a`, `b` and `c` are in bounds (asserted
+        // above), and no other task touches these columns of `c`.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                cols,
+                1.0,
+                a.as_ptr(),
+                a_strides.0 as isize,
+                a_strides.1 as isize,
+                b.as_ptr().add(j0),
+                n as isize,
+                1,
+                0.0,
+                out.0.add(j0),
+                n as isize,
+                1,
+            );
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Convolution
 // ---------------------------------------------------------------------------------------------
@@ -928,8 +986,9 @@ pub fn dense_forward(
     }
 }
 
-/// `d_x[N, in] = d_y[N, out] * weight[out, in]`, in parallel blocks of rows (SGEMM: with
-/// `weight` thousands of floats apart row to row, packing pays here). With `before`, also back
+/// `d_x[N, in] = d_y[N, out] * weight[out, in]`: narrow layers in parallel blocks of rows, the
+/// others with SGEMM in parallel blocks of columns ([`sgemm_by_columns`]; with `weight`
+/// thousands of floats apart row to row, packing pays here). With `before`, also back
 /// through the dropout and/or activation before this layer ([`Before`]; the narrow kernel does
 /// it while each four rows of the gradient are in L2).
 pub fn dense_backward_input(
@@ -941,22 +1000,31 @@ pub fn dense_backward_input(
 ) {
     let block = row_block(s.batch);
     let (fin, fout) = (s.in_features, s.out_features);
-    d_input[..s.batch * fin]
-        .par_chunks_mut(block * fin)
-        .zip(d_output[..s.batch * fout].par_chunks(block * fout))
-        .enumerate()
-        .for_each(|(i, (dx, dy))| {
-            let rows = dx.len() / fin;
-            let from = i * block * fin;
-            if fout <= NARROW {
-                dense_narrow_backward_input(fin, dy, &weight[..fout * fin], before, from, dx);
-            } else {
-                sgemm(rows, fout, fin, dy, (fout, 1), weight, (fin, 1), dx, false);
-                if let Some(before) = &before {
-                    before_backward_in_place(before, from, dx);
-                }
-            }
-        });
+    let (d_x, d_y) = (&mut d_input[..s.batch * fin], &d_output[..s.batch * fout]);
+    if fout <= NARROW {
+        d_x.par_chunks_mut(block * fin)
+            .zip(d_y.par_chunks(block * fout))
+            .enumerate()
+            .for_each(|(i, (dx, dy))| {
+                let w = &weight[..fout * fin];
+                dense_narrow_backward_input(fin, dy, w, before, i * block * fin, dx);
+            });
+        return;
+    }
+    sgemm_by_columns(
+        s.batch,
+        fout,
+        fin,
+        d_y,
+        (fout, 1),
+        &weight[..fout * fin],
+        d_x,
+    );
+    if let Some(before) = &before {
+        d_x.par_chunks_mut(block * fin)
+            .enumerate()
+            .for_each(|(i, dx)| before_backward_in_place(before, i * block * fin, dx));
+    }
 }
 
 /// `d_weight[out, in] = d_y^T * x`, in parallel blocks of output rows; `d_bias` = column sums.
@@ -968,30 +1036,16 @@ pub fn dense_backward_weight(
     d_bias: Option<&mut [f32]>,
 ) {
     let (fin, fout) = (s.in_features, s.out_features);
-    let block = fout.div_ceil(rayon::current_num_threads().max(1)).max(1);
-    d_weight[..fout * fin]
-        .par_chunks_mut(block * fin)
-        .enumerate()
-        .for_each(|(i, dw)| {
-            let rows = dw.len() / fin;
-            if fout <= NARROW {
-                let (x, dy) = (&input[..s.batch * fin], &d_output[..s.batch * fout]);
-                dense_narrow_backward_weight(fin, fout, i * block, x, dy, dw);
-                return;
-            }
-            let dy = &d_output[i * block..];
-            sgemm(
-                rows,
-                s.batch,
-                fin,
-                dy,
-                (1, fout),
-                input,
-                (fin, 1),
-                dw,
-                false,
-            );
-        });
+    let (x, dy) = (&input[..s.batch * fin], &d_output[..s.batch * fout]);
+    if fout <= NARROW {
+        let block = fout.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        d_weight[..fout * fin]
+            .par_chunks_mut(block * fin)
+            .enumerate()
+            .for_each(|(i, dw)| dense_narrow_backward_weight(fin, fout, i * block, x, dy, dw));
+    } else {
+        sgemm_by_columns(fout, s.batch, fin, dy, (1, fout), x, d_weight);
+    }
     if let Some(d_bias) = d_bias {
         d_bias[..fout].fill(0.0);
         for dy in d_output[..s.batch * fout].chunks_exact(fout) {
