@@ -85,6 +85,13 @@ pub fn sgemm_by_columns(
     /// `c`'s address, shared by the tasks: each writes only its own columns.
     #[derive(Clone, Copy)]
     struct Out(*mut f32);
+    impl Out {
+        /// Column `j` of the first row (a method, so that the tasks capture `Out`, not the
+        /// pointer, which is not `Send`).
+        fn at(self, j: usize) -> *mut f32 {
+            self.0.wrapping_add(j)
+        }
+    }
     // SAFETY: the tasks write disjoint columns of `c`, and `c` outlives them (borrowed below).
     unsafe impl Send for Out {}
     unsafe impl Sync for Out {}
@@ -92,7 +99,6 @@ pub fn sgemm_by_columns(
     (0..n.div_ceil(width)).into_par_iter().for_each(|block| {
         let j0 = block * width;
         let cols = width.min(n - j0);
-        let out = out;
         // SAFETY: rows 0..m and columns j0..j0 + cols of `a`, `b` and `c` are in bounds (asserted
         // above), and no other task touches these columns of `c`.
         unsafe {
@@ -108,7 +114,7 @@ pub fn sgemm_by_columns(
                 n as isize,
                 1,
                 0.0,
-                out.0.add(j0),
+                out.at(j0),
                 n as isize,
                 1,
             );
