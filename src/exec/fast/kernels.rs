@@ -1373,7 +1373,9 @@ pub fn dropout_forward_sample(
     for (j, ((y, &x), keep)) in y.iter_mut().zip(x).zip(keep).enumerate() {
         let h = r::hash_u32(base ^ (first + j) as u32);
         let kept = (h >> 8) as f32 * (1.0 / 16_777_216.0) >= p;
-        *y = if kept { x * scale } else { 0.0 };
+        // Written as `dropped`'s mask rather than `if kept { x * scale } else { 0.0 }`, which
+        // compiled to a masked load of `x` (vmaskmovps) that stalled the loop: 44% of its time.
+        *y = dropped(scale, kept as u8, x);
         *keep = kept as u8;
     }
 }
