@@ -37,25 +37,42 @@ pub fn sgemm(
         "sgemm operands too short"
     );
     assert!(c.len() >= m * n, "sgemm output too short");
+    let beta = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: the asserts above keep every index of a, b (k > 0) and c = m x n row-major in bounds.
     unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
+        sgemm_raw(
+            (m, k, n),
             a.as_ptr(),
-            a_strides.0 as isize,
-            a_strides.1 as isize,
+            a_strides,
             b.as_ptr(),
-            b_strides.0 as isize,
-            b_strides.1 as isize,
-            if accumulate { 1.0 } else { 0.0 },
+            b_strides,
+            beta,
             c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
+            n,
+        )
     }
+}
+
+/// `matrixmultiply::sgemm` with `alpha = 1` and `c` row-major with row stride `ldc`.
+///
+/// # Safety
+/// Every element of the m x k `a`, the k x n `b` (with their strides) and the m x n `c` must be
+/// in bounds, and no one else may access `c` meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_raw(
+    (m, k, n): (usize, usize, usize),
+    a: *const f32,
+    a_strides: (usize, usize),
+    b: *const f32,
+    b_strides: (usize, usize),
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let (a0, a1) = (a_strides.0 as isize, a_strides.1 as isize);
+    let (b0, b1) = (b_strides.0 as isize, b_strides.1 as isize);
+    // SAFETY: as the caller promises.
+    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, a0, a1, b, b0, b1, beta, c, ldc as isize, 1) }
 }
 
 /// `c = a * b` (a is m x k with `a_strides`, b is k x n row-major, c is m x n row-major), in
@@ -102,21 +119,16 @@ pub fn sgemm_by_columns(
         // SAFETY: rows 0..m and columns j0..j0 + cols of `a`, `b` and `c` are in bounds (asserted
         // above), and no other task touches these columns of `c`.
         unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                cols,
-                1.0,
+            let b = b.as_ptr().add(j0);
+            sgemm_raw(
+                (m, k, cols),
                 a.as_ptr(),
-                a_strides.0 as isize,
-                a_strides.1 as isize,
-                b.as_ptr().add(j0),
-                n as isize,
-                1,
+                a_strides,
+                b,
+                (n, 1),
                 0.0,
                 out.at(j0),
-                n as isize,
-                1,
+                n,
             );
         }
     });
