@@ -454,7 +454,11 @@ impl OpRunner for FastRunner {
         };
         fast::conv2d_forward(s, x, w, b, act, &mut r.output, &mut ws);
         fast::conv2d_backward_weight(s, d_y, &mut r.d_weight, Some(&mut r.d_bias), &mut ws);
-        let mask = fused.relu_mask.then_some((fast::Epilogue::Relu, x));
+        let mask = fused.relu_mask.then_some(fast::Before {
+            act: fast::Epilogue::Relu,
+            out: x,
+            dropout: None,
+        });
         fast::conv2d_backward_input(s, d_y, w, mask, &mut r.d_input, &mut ws);
         Some(r)
     }

@@ -384,8 +384,10 @@ pub struct Direct {
     wide: usize,
     /// `off[r]` for each im2col row `r`, in the reference's order (channel, ky, kx).
     off: Vec<usize>,
-    /// Input channels.
+    /// Input channels, and the output's height and width.
     in_c: usize,
+    oh: usize,
+    ow: usize,
 }
 
 impl Direct {
@@ -401,6 +403,8 @@ impl Direct {
             wide: ((oh - 1) * wp + ow).next_multiple_of(DIRECT_BLOCK),
             off,
             in_c: s.in_channels,
+            oh,
+            ow,
         }
     }
 
@@ -413,10 +417,10 @@ impl Direct {
 
     /// `y[o][oy][ox] = wide[o][oy * wp + ox] + bias[o]`: the wide output without its extra
     /// columns.
-    fn narrow(&self, wide: &[f32], bias: Option<&[f32]>, ow: usize, y: &mut [f32]) {
-        let hw = y.len() / (wide.len() / self.wide);
+    fn narrow(&self, wide: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        let ow = self.ow;
         for (o, (y, wide)) in y
-            .chunks_exact_mut(hw)
+            .chunks_exact_mut(self.oh * ow)
             .zip(wide.chunks_exact(self.wide))
             .enumerate()
         {
@@ -431,10 +435,13 @@ impl Direct {
 
     /// The inverse of [`Direct::narrow`] for a gradient: `d_wide` = `d_y` laid out wide, zeros
     /// in the extra columns and past the end.
-    fn widen(&self, d_y: &[f32], ow: usize, d_wide: &mut [f32]) {
-        let hw = d_y.len() / (d_wide.len() / self.wide);
+    fn widen(&self, d_y: &[f32], d_wide: &mut [f32]) {
+        let ow = self.ow;
         d_wide.fill(0.0);
-        for (dy, wide) in d_y.chunks_exact(hw).zip(d_wide.chunks_exact_mut(self.wide)) {
+        for (dy, wide) in d_y
+            .chunks_exact(self.oh * ow)
+            .zip(d_wide.chunks_exact_mut(self.wide))
+        {
             for (dy, wide) in dy.chunks_exact(ow).zip(wide.chunks_mut(self.wp)) {
                 wide[..ow].copy_from_slice(dy);
             }
@@ -558,7 +565,7 @@ pub fn conv2d_forward(
                     let xp = &mut xp[..d.input_len()];
                     d.pad(s, x, xp);
                     direct_forward(&d.off, d.wide, weight, xp, wide);
-                    d.narrow(wide, bias, ow, y);
+                    d.narrow(wide, bias, y);
                     act.apply(y);
                 }
             });
@@ -669,7 +676,7 @@ pub fn conv2d_backward_weight(
                     // d_weight[o, r] += sum_p dy[o, p] * col[r, p].
                     if let Some(d) = direct {
                         let d_wide = &mut scratch[..k * d.wide];
-                        d.widen(dy, ow, d_wide);
+                        d.widen(dy, d_wide);
                         direct_weight_gradient(&d.off, d.wide, d_wide, &col[..d.input_len()], dw);
                     } else {
                         let rows = conv_col_rows(s);
@@ -697,14 +704,14 @@ pub fn conv2d_backward_weight(
 /// - Winograd: the forward algorithm on `d_y` padded by `2 - padding`, with the filters rotated
 ///   180° and their channel axes swapped.
 ///
-/// With `act_before` (an activation and its output, which is this layer's input), the gradient
-/// is passed back through that activation too ([`Epilogue::backward_in_place`]: a fused
-/// `relu -> conv`, `tanh -> conv` or `sigmoid -> conv` backward).
+/// With `before` (the activation before this layer and its output, which is this layer's input),
+/// each sample's gradient is passed back through that activation too while it is in cache
+/// ([`Before`]: a fused `relu -> conv`, `tanh -> conv` or `sigmoid -> conv` backward).
 pub fn conv2d_backward_input(
     s: &Conv2dShape,
     d_output: &[f32],
     weight: &[f32],
-    act_before: Option<(Epilogue, &[f32])>,
+    before: Option<Before>,
     d_input: &mut [f32],
     ws: &mut ConvWorkspace,
 ) {
@@ -722,8 +729,8 @@ pub fn conv2d_backward_input(
             .for_each(|(n, ((dx, dcol), dy))| {
                 sgemm(rows, k, hw, weight, (1, rows), dy, (hw, 1), dcol, false);
                 col2im(s, dcol, dx);
-                if let Some((act, x)) = act_before {
-                    act.backward_in_place(dx, &x[n * in_len..][..in_len]);
+                if let Some(before) = &before {
+                    before_backward_in_place(before, n * in_len, dx);
                 }
             });
         return;
@@ -748,8 +755,8 @@ pub fn conv2d_backward_input(
                     winograd::gemm(c, k, tp, u, k, v, tp, m, tp, false);
                 }
                 winograd::output_transform(c, (s.in_height, s.in_width), tiles, m, None, dx, rows);
-                if let Some((act, x)) = act_before {
-                    act.backward_in_place(dx, &x[(chunk * per + j) * in_len..][..in_len]);
+                if let Some(before) = &before {
+                    before_backward_in_place(before, (chunk * per + j) * in_len, dx);
                 }
             }
         });
@@ -1045,7 +1052,8 @@ pub fn dense_backward_input(
     }
 }
 
-/// `d_weight[out, in] = d_y^T * x`, in parallel blocks of output rows; `d_bias` = column sums.
+/// `d_weight[out, in] = d_y^T * x`: narrow layers in parallel blocks of output rows, the others
+/// with SGEMM in parallel blocks of columns ([`sgemm_by_columns`]); `d_bias` = column sums.
 pub fn dense_backward_weight(
     s: &DenseShape,
     input: &[f32],
@@ -1275,24 +1283,7 @@ impl Epilogue {
     }
 }
 
-impl Epilogue {
-    /// `d *= act'(y)` in place, `y` being the activation's output, with the reference's formulas:
-    /// the activation's backward pass, folded into the input gradient of the layer after it.
-    pub fn backward_in_place(self, d: &mut [f32], y: &[f32]) {
-        if self != Epilogue::None {
-            activation_backward_in_place(self, d, y);
-        }
-    }
-}
-
-crate::exec::fast::winograd::multiversion! {
-/// [`Epilogue::backward_in_place`], compiled for each instruction set.
-pub fn activation_backward_in_place(act: Epilogue, d: &mut [f32], y: &[f32]) {
-    act_backward(act, d, y);
-}
-}
-
-/// The body of [`activation_backward_in_place`], for kernels that fold it in themselves.
+/// `d *= act'(y)` in place, `y` being the activation's output, with the reference's formulas.
 #[inline(always)]
 fn act_backward(act: Epilogue, d: &mut [f32], y: &[f32]) {
     let each = d.iter_mut().zip(y);
@@ -1304,9 +1295,10 @@ fn act_backward(act: Epilogue, d: &mut [f32], y: &[f32]) {
     }
 }
 
-/// What a dense layer's input gradient is passed back through before it is stored, folding in
-/// those layers' backward passes: a dropout just before the layer (directly or through a
-/// flatten), then the activation before that, or an activation just before the layer.
+/// What a layer's input gradient is passed back through before it is stored, folding in those
+/// layers' backward passes: an activation just before the layer, or a dropout just before a
+/// dense layer (directly or through a flatten) and the activation before that dropout. The
+/// dropout's own backward pass, when nothing folds it, is this on a copy of its gradient.
 #[derive(Debug, Clone, Copy)]
 pub struct Before<'a> {
     /// The activation, and its output for the whole batch (the dropout's input, or this
@@ -1432,12 +1424,19 @@ pub(super) fn dropout_backward(
     d_y: &[f32],
     d_x: &mut [f32],
 ) {
-    let scale = 1.0 / (1.0 - p);
-    d_x.par_chunks_mut(16384)
-        .zip(d_y.par_chunks(16384))
-        .zip(keep.par_chunks(16384))
-        .zip(t.par_chunks(16384))
-        .for_each(|(((dx, dy), keep), t)| dropout_backward_chunk(scale, keep, act, t, dy, dx));
+    let before = Before {
+        act,
+        out: t,
+        dropout: Some((1.0 / (1.0 - p), keep)),
+    };
+    const CHUNK: usize = 16384;
+    d_x.par_chunks_mut(CHUNK)
+        .zip(d_y.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(i, (dx, dy))| {
+            dx.copy_from_slice(dy);
+            before_backward_in_place(&before, i * CHUNK, dx);
+        });
 }
 
 /// `d_y / (1 - p)` where kept, else 0, without a branch (the mask is random, so a branch would
@@ -1455,22 +1454,7 @@ fn kept_if(keep: bool, v: f32) -> f32 {
     f32::from_bits(v.to_bits() & all_or_none)
 }
 
-crate::exec::fast::winograd::multiversion! {
-/// One chunk of [`dropout_backward`].
-pub fn dropout_backward_chunk(
-    scale: f32,
-    keep: &[u8],
-    act: Epilogue,
-    t: &[f32],
-    d_y: &[f32],
-    d_x: &mut [f32],
-) {
-    d_x.copy_from_slice(d_y);
-    dropout_backward_in_place(scale, keep, act, t, d_x);
-}
-}
-
-/// The body of [`dropout_backward_chunk`] on the gradient in place, for kernels that fold it in.
+/// [`dropout_backward`] on the gradient in place (for [`Before::apply`]).
 #[inline(always)]
 fn dropout_backward_in_place(scale: f32, keep: &[u8], act: Epilogue, t: &[f32], d: &mut [f32]) {
     if act == Epilogue::None {

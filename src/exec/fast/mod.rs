@@ -303,8 +303,25 @@ impl FastCpu {
                 continue;
             }
             let x = &self.acts[i][..batch * l.input.len()];
-            let act_before =
-                (self.act_before[i] != Epilogue::None).then_some((self.act_before[i], x));
+            // What this layer's input gradient folds in: the dropout before it (and the
+            // activation before that), or the activation before it.
+            let fold = match self.dropout_before[i] {
+                Some(j) => {
+                    let Layer::Dropout { p } = self.host.net.layers[j].layer else {
+                        unreachable!("dropout_before names a dropout")
+                    };
+                    Some(Before {
+                        act: self.before_dropout[j],
+                        out: &self.acts[j][..x.len()],
+                        dropout: Some((1.0 / (1.0 - p), &self.keep[j][..x.len()])),
+                    })
+                }
+                None => (self.act_before[i] != Epilogue::None).then_some(Before {
+                    act: self.act_before[i],
+                    out: x,
+                    dropout: None,
+                }),
+            };
             let y = &self.acts[i + 1][..batch * l.output.len()];
             let (before, after) = self.d_acts.split_at_mut(i + 1);
             let (d_x, d_y) = (
@@ -321,7 +338,7 @@ impl FastCpu {
                     let ws = self.convs[i].as_mut().unwrap();
                     conv2d_backward_weight(&s, d_y, &mut lo[w], d_bias, ws);
                     if !first {
-                        conv2d_backward_input(&s, d_y, &self.host.params[w], act_before, d_x, ws);
+                        conv2d_backward_input(&s, d_y, &self.host.params[w], fold, d_x, ws);
                     }
                 }
                 Layer::Dense { .. } => {
@@ -331,24 +348,7 @@ impl FastCpu {
                     let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
                     dense_backward_weight(&s, x, d_y, &mut lo[w], d_bias);
                     if !first {
-                        let before = match self.dropout_before[i] {
-                            Some(j) => {
-                                let Layer::Dropout { p } = self.host.net.layers[j].layer else {
-                                    unreachable!("dropout_before names a dropout")
-                                };
-                                Some(Before {
-                                    act: self.before_dropout[j],
-                                    out: &self.acts[j][..d_x.len()],
-                                    dropout: Some((1.0 / (1.0 - p), &self.keep[j][..d_x.len()])),
-                                })
-                            }
-                            None => act_before.map(|(act, out)| Before {
-                                act,
-                                out,
-                                dropout: None,
-                            }),
-                        };
-                        dense_backward_input(&s, d_y, &self.host.params[w], before, d_x);
+                        dense_backward_input(&s, d_y, &self.host.params[w], fold, d_x);
                     }
                 }
                 Layer::BatchNorm => {
@@ -361,7 +361,7 @@ impl FastCpu {
                 }
                 _ if first => {}
                 Layer::MaxPool2d { .. } => {
-                    let relu_input = act_before.map(|(_, x)| x);
+                    let relu_input = fold.map(|b| b.out);
                     max_pool2d_backward(&l.pool_shape(batch), &self.argmax[i], d_y, relu_input, d_x)
                 }
                 Layer::AvgPool2d { .. } => avg_pool2d_backward(&l.pool_shape(batch), d_y, d_x),
