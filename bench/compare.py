@@ -5,7 +5,8 @@
                              [--dropout keep|remove|both | --no-dropout] [--threads 2]
                              [--steps 50] [--warmup 5] [--repeats 5] [--rounds R]
                              [--epochs 2] [--warmup-epochs 1] [--limit-train N]
-                             [--pytorch-data float32|uint8] [--json FILE] [--python PATH] [--wgcnn PATH]
+                             [--pytorch-data float32|uint8] [--isa native|avx2] [--json FILE]
+                             [--python PATH] [--wgcnn PATH]
 
 Use bench/compare.sh, which builds wgcnn and installs PyTorch into a virtual environment first.
 
@@ -33,6 +34,12 @@ Modes:
          after every epoch (its images/s leaves the evaluation out, but not the evaluation's
          buffers from the peak memory) and without the progress readbacks; the last partial batch
          (len % batch images, under 0.5%) is left out on both sides alike.
+
+`--isa avx2` caps both sides at AVX2 + FMA on a CPU that has more (AVX-512), to measure what an
+AVX2-only machine would see: ours through WGCNN_CPU_ISA=avx2, PyTorch through
+ATEN_CPU_CAPABILITY=avx2 (its own kernels), ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA=AVX2 (oneDNN's
+convolutions and matrix products) and MKL_ENABLE_INSTRUCTIONS=AVX2 (MKL). Both sides' reports must
+then name AVX2, else no figure is given. The default, native, lets each side use the best the CPU has.
 
 The sides alternate (ours, PyTorch, ours, PyTorch, ...) so that a machine whose speed drifts
 (shared or virtual cores) affects both alike. Each side gets `--threads` (2) threads: ours through
@@ -206,6 +213,8 @@ def main():
     ap.add_argument("--limit-train", type=int, metavar="N", help="train on the first N training images only (both sides; for smoke tests)")
     ap.add_argument("--pytorch-data", choices=["float32", "uint8"], default="float32",
                     help="PyTorch's training set in memory: normalised float32 (default) or bytes converted per batch")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="native (default): each side uses the best the CPU has; avx2: both capped at AVX2 + FMA")
     ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     ap.add_argument("--python", default=sys.executable, help="a Python with torch and numpy (default: this one)")
     ap.add_argument("--wgcnn", default=os.path.join(ROOT, "target/release/wgcnn"))
@@ -257,6 +266,10 @@ def main():
     threads = str(a.threads)
     ours_env = {"RAYON_NUM_THREADS": threads}
     theirs_env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if a.isa == "avx2":
+        ours_env["WGCNN_CPU_ISA"] = "avx2"
+        theirs_env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", DNNL_MAX_CPU_ISA="AVX2",
+                          MKL_ENABLE_INSTRUCTIONS="AVX2")
 
     rows, checked = [], set()
     for label, name, spec, as_preset in networks:
@@ -292,6 +305,9 @@ def main():
                              f"{ours['batch_size']}), PyTorch {theirs['spec']} ({theirs['parameters']} parameters, batch {theirs['batch_size']})")
                     if f"{a.threads} threads" not in ours["device"] or f"{a.threads} threads" not in theirs["device"]:
                         fail(f"{label}: asked for {a.threads} threads, got: wgcnn {ours['device']}; {theirs['device']}")
+                    if a.isa == "avx2" and not ("AVX2," in ours["device"] and "AVX2," in theirs["device"]):
+                        fail(f"{label}: --isa avx2, but a side does not report AVX2 (does this CPU have AVX2 and FMA?): "
+                             f"wgcnn {ours['device']}; {theirs['device']}")
                     checked.add(label)
                     say(f"{label}: {ours['spec']}, batch {batch}, {theirs['optimizer']}, {p['normalize']} input; "
                         f"{ours['parameters']} parameters in wgcnn, {theirs['parameters']} in PyTorch")
@@ -316,7 +332,7 @@ def main():
 
     today = datetime.date.today().isoformat()
     print(f"\nmeasured {today} on {cpu_name()} ({os.cpu_count()} cores), {a.threads} threads each side, "
-          f"{train_len} training images")
+          f"{train_len} training images" + (", both sides capped at AVX2 + FMA (--isa avx2)" if a.isa == "avx2" else ""))
     for mode in modes:
         if mode == "short":
             print(f"short: medians of {a.rounds or 3} alternating rounds x {a.repeats} x {a.steps} training steps "
@@ -337,6 +353,7 @@ def main():
     if a.json:
         report = {
             "date": today, "cpu": cpu_name(), "cores": os.cpu_count(), "threads": a.threads, "train_images": train_len,
+            "isa": a.isa,
             "modes": modes, "dropout": a.dropout, "short": {"steps": a.steps, "warmup": a.warmup, "repeats": a.repeats, "rounds": a.rounds or 3},
             "epoch": {"epochs": a.epochs, "warmup_epochs": a.warmup_epochs, "rounds": a.rounds or 1},
             "rows": rows,

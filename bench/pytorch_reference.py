@@ -52,6 +52,15 @@ import torch.nn.functional as F
 # beside the peak. ru_maxrss is in KiB on Linux, in bytes on macOS.
 IMPORT_PEAK_MIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
 
+
+
+def cpu_capability():
+    """The vector instruction set PyTorch's own CPU kernels run with (AVX512, AVX2, DEFAULT...;
+    ATEN_CPU_CAPABILITY caps it), or "capability unknown" on a PyTorch too old to say."""
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if get else "capability unknown"
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 from check_checkpoint import build  # noqa: E402  (the spec -> torch.nn.Sequential builder)
@@ -199,7 +208,7 @@ def main():
         optimizer += f", weight decay {settings['weight_decay']}"
     result = {
         "model": a.model, "spec": spec, "loss": loss_kind, "parameters": parameters, "optimizer": optimizer,
-        "normalize": settings["normalize"], "data_dtype": a.data_dtype, "import_peak_mib": IMPORT_PEAK_MIB, "device": (f"PyTorch {torch.__version__} CPU, {torch.get_num_threads()} threads" if a.device == "cpu"
+        "normalize": settings["normalize"], "data_dtype": a.data_dtype, "import_peak_mib": IMPORT_PEAK_MIB, "device": (f"PyTorch {torch.__version__} CPU, {cpu_capability()}, {torch.get_num_threads()} threads" if a.device == "cpu"
                    else f"PyTorch {torch.__version__} CUDA {torch.cuda.get_device_name()}, TF32 {a.tf32}"),
         "batch_size": batch, "steps": a.steps, "repeats": a.repeats, "images_per_second": rates,
         "median_images_per_second": rate, "median_step_ms": 1000.0 * batch / rate, "epoch_seconds": len(labels) / rate,
