@@ -6,7 +6,7 @@
 #                    [--dropout keep|remove|both | --no-dropout] [--threads 2]
 #                    [--steps 50] [--warmup 5] [--repeats 5] [--rounds R]
 #                    [--epochs 2] [--warmup-epochs 1] [--limit-train N]
-#                    [--pytorch-data float32|uint8] [--json FILE]
+#                    [--pytorch-data float32|uint8] [--isa native|avx2] [--json FILE]
 #
 #   short mode (the default): R (3) alternating rounds, ours then PyTorch, each process 5 warm-up
 #     steps then 5 x 50 timed steps; medians over all repetitions.
@@ -29,7 +29,23 @@ for arg in "$@"; do
     -h|--help) exec python3 bench/compare.py --help ;;
   esac
 done
+# --isa avx2: a build without matrixmultiply's AVX-512 kernels (our default feature avx512-sgemm;
+# WGCNN_CPU_ISA cannot cap its run-time choice), in its own target directory.
+isa_avx2=
+prev=
+for arg in "$@"; do
+  case "$arg" in
+    --isa=avx2) isa_avx2=1 ;;
+    avx2) [ "$prev" = --isa ] && isa_avx2=1 ;;
+  esac
+  prev="$arg"
+done
 cargo build --release --quiet
+extra=()
+if [ -n "$isa_avx2" ]; then
+  cargo build --release --quiet --no-default-features --target-dir target/no-avx512
+  extra=(--wgcnn target/no-avx512/release/wgcnn)
+fi
 # Check the arguments (preset names included) before installing or running anything; this needs
 # only the standard library and the binary just built.
 python3 bench/compare.py --check-args "$@"
@@ -47,4 +63,4 @@ if ! "$venv/bin/python" -c "import torch, numpy" 2>/dev/null; then
     exit 1
   fi
 fi
-exec "$venv/bin/python" bench/compare.py --python "$venv/bin/python" "$@"
+exec "$venv/bin/python" bench/compare.py --python "$venv/bin/python" "${extra[@]}" "$@"

@@ -53,6 +53,23 @@ pub fn sgemm(
     }
 }
 
+/// The instruction set `matrixmultiply` chooses for [`sgemm`] on this CPU (its own run-time
+/// choice, which `WGCNN_CPU_ISA` does not cap: build without the default feature
+/// `avx512-sgemm` to keep it off AVX-512).
+pub fn sgemm_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512-sgemm") && is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return "AVX2";
+        } else if is_x86_feature_detected!("avx") {
+            return "AVX";
+        }
+    }
+    "portable"
+}
+
 /// `matrixmultiply::sgemm` with `alpha = 1` and `c` row-major with row stride `ldc`.
 ///
 /// # Safety

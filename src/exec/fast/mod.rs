@@ -388,6 +388,13 @@ impl Executor for FastCpu {
             winograd::Isa::Avx2Fma => "AVX2",
             winograd::Isa::Portable => "portable",
         };
+        // Say so where matrixmultiply's own choice differs (a cap below what the CPU has).
+        let sgemm = kernels::sgemm_isa();
+        let isa = if sgemm == isa {
+            isa.to_string()
+        } else {
+            format!("{isa} (SGEMM {sgemm})")
+        };
         format!(
             "CPU (Winograd, direct and im2col + SGEMM convolutions, {isa}, {} threads)",
             rayon::current_num_threads()
