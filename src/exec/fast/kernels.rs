@@ -933,44 +933,129 @@ fn narrow_input_tail(from: usize, dy: &[f32], weight: &[f32], dx: &mut [f32]) {
     }
 }
 
-crate::exec::fast::winograd::multiversion! {
-/// `d_w[r] = Σ_n d_y[n][o0 + r] x[n]` (summed over the batch in order, as the reference) for the
-/// rows of `d_w`: four samples a pass, added one after another while the row's values are in
-/// registers (one load and one store of `d_w` per four samples). Memory-bound here: blocking
-/// four rows in registers over the whole batch (each input loaded once per four rows, but 32
-/// rows of `x` read in strides) measured 357-408 us against this version's 324-344 on
-/// `two-conv`'s 18432 -> 10 at batch 32, and slicing the inputs so the batch's slice stays in L2
-/// made no difference.
-pub fn dense_narrow_backward_weight(
-    fin: usize,
-    fout: usize,
-    o0: usize,
-    x: &[f32],
-    d_y: &[f32],
-    d_w: &mut [f32],
-) {
-    let batch = x.len() / fin;
-    for (r, dw) in d_w.chunks_exact_mut(fin).enumerate() {
-        let g = |n: usize| d_y[n * fout + o0 + r];
-        let row = |n: usize| &x[n * fin..(n + 1) * fin];
-        dw.fill(0.0);
-        let mut n = 0;
-        while n + 4 <= batch {
-            let (g0, g1, g2, g3) = (g(n), g(n + 1), g(n + 2), g(n + 3));
-            let (x0, x1, x2, x3) = (row(n), row(n + 1), row(n + 2), row(n + 3));
-            for ((((d, &a), &b), &c), &e) in dw.iter_mut().zip(x0).zip(x1).zip(x2).zip(x3) {
-                *d = *d + g0 * a + g1 * b + g2 * c + g3 * e;
-            }
-            n += 4;
+/// Columns `j0..j0 + cols` of every row of a row-major matrix (row stride `ld`): one of the
+/// disjoint column blocks [`par_column_blocks`] hands its tasks, each to write its own.
+pub struct Columns<'a> {
+    ptr: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+    _matrix: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl Columns<'_> {
+    /// How many columns the block has.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `r` of the block.
+    pub fn row(&mut self, r: usize) -> &mut [f32] {
+        assert!(r < self.rows, "row {r} of a {}-row matrix", self.rows);
+        // SAFETY: `par_column_blocks` made `ptr` point at column j0 of a matrix with `rows` rows
+        // of `ld >= j0 + cols` floats, borrowed mutably for 'a, and gave columns j0..j0 + cols to
+        // this block alone; the slice borrows `self` mutably, so no two of its rows are alive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.ld), self.cols) }
+    }
+}
+
+/// Runs `f(j0, block)` in parallel on blocks of `width` columns (the last may be narrower) of the
+/// `rows x ld` row-major `matrix`, for tasks that write whole columns (a matrix split by rows
+/// would give each task contiguous memory, but then each must read all of an input that only
+/// the columns need).
+pub fn par_column_blocks<F>(matrix: &mut [f32], rows: usize, ld: usize, width: usize, f: F)
+where
+    F: Fn(usize, Columns<'_>) + Sync,
+{
+    assert!(
+        matrix.len() >= rows * ld && width > 0,
+        "par_column_blocks: matrix too short"
+    );
+    /// The matrix's address, shared by the tasks (a method, so that closures capture `Base`,
+    /// not the pointer, which is not `Send`).
+    #[derive(Clone, Copy)]
+    struct Base(*mut f32);
+    impl Base {
+        fn at(self, j: usize) -> *mut f32 {
+            self.0.wrapping_add(j)
         }
-        for n in n..batch {
-            let g0 = g(n);
-            for (d, &a) in dw.iter_mut().zip(row(n)) {
-                *d += g0 * a;
-            }
+    }
+    // SAFETY: the tasks' blocks are disjoint columns; `matrix` stays borrowed until they end.
+    unsafe impl Send for Base {}
+    unsafe impl Sync for Base {}
+    let base = Base(matrix.as_mut_ptr());
+    (0..ld.div_ceil(width)).into_par_iter().for_each(|b| {
+        let j0 = b * width;
+        let block = Columns {
+            ptr: base.at(j0),
+            ld,
+            rows,
+            cols: width.min(ld - j0),
+            _matrix: std::marker::PhantomData,
+        };
+        f(j0, block)
+    });
+}
+
+crate::exec::fast::winograd::multiversion! {
+/// `d_w[o][j0 + j] = Σ_n d_y[n][o] x[n][j0 + j]` (summed over the batch in order, as the
+/// reference) for the columns of this block of `d_w`: 16 columns of four (then one) outputs in
+/// registers over the whole batch, so each input is loaded once per four outputs and each
+/// weight gradient stored once. Split by columns, the cores read the batch `x` (2.3 MB in
+/// `two-conv`'s 18432 -> 10) once in all; split by output rows (the kernel before this one),
+/// each core read all of it once per row.
+pub fn dense_narrow_backward_weight(fin: usize, fout: usize, j0: usize, x: &[f32], d_y: &[f32], d_w: &mut Columns<'_>) {
+    const LANES: usize = 16;
+    let batch = x.len() / fin;
+    let cols = d_w.cols();
+    assert!(j0 + cols <= fin && d_y.len() >= batch * fout);
+    let whole = cols - cols % LANES;
+    for j in (0..whole).step_by(LANES) {
+        let mut o = 0;
+        while o + 4 <= fout {
+            narrow_weight_block::<4, FMA>(fin, fout, o, j0 + j, x, d_y, d_w, j);
+            o += 4;
+        }
+        while o < fout {
+            narrow_weight_block::<1, FMA>(fin, fout, o, j0 + j, x, d_y, d_w, j);
+            o += 1;
+        }
+    }
+    for o in 0..fout {
+        let row = d_w.row(o);
+        for (j, d) in row.iter_mut().enumerate().skip(whole) {
+            *d = (0..batch).fold(0.0, |a, n| a + d_y[n * fout + o] * x[n * fin + j0 + j]);
         }
     }
 }
+}
+
+/// Outputs `o..o + R`, columns `col..col + 16` of `x` (`at..at + 16` of the block `d_w`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn narrow_weight_block<const R: usize, const FMA: bool>(
+    fin: usize,
+    fout: usize,
+    o: usize,
+    col: usize,
+    x: &[f32],
+    d_y: &[f32],
+    d_w: &mut Columns<'_>,
+    at: usize,
+) {
+    let mut acc = [[0.0f32; 16]; R];
+    for (xn, dy) in x.chunks_exact(fin).zip(d_y.chunks_exact(fout)) {
+        let xs: &[f32; 16] = xn[col..col + 16].try_into().unwrap();
+        let g: &[f32; R] = dy[o..o + R].try_into().unwrap();
+        for (acc, &g) in acc.iter_mut().zip(g) {
+            for (a, &v) in acc.iter_mut().zip(xs) {
+                *a = madd::<FMA>(g, v, *a);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        d_w.row(o + r)[at..at + 16].copy_from_slice(acc);
+    }
 }
 
 /// `y[N, out] = x[N, in] * weight^T + bias`, as `y^T = weight * x^T` so that [`winograd::gemm`]
@@ -1081,11 +1166,16 @@ pub fn dense_backward_weight(
     let (fin, fout) = (s.in_features, s.out_features);
     let (x, dy) = (&input[..s.batch * fin], &d_output[..s.batch * fout]);
     if fout <= NARROW {
-        let block = fout.div_ceil(rayon::current_num_threads().max(1)).max(1);
-        d_weight[..fout * fin]
-            .par_chunks_mut(block * fin)
-            .enumerate()
-            .for_each(|(i, dw)| dense_narrow_backward_weight(fin, fout, i * block, x, dy, dw));
+        // Two blocks a core, whole cache lines wide.
+        let blocks = 2 * rayon::current_num_threads().max(1);
+        let width = fin.div_ceil(blocks).next_multiple_of(16);
+        par_column_blocks(
+            &mut d_weight[..fout * fin],
+            fout,
+            fin,
+            width,
+            |j0, mut dw| dense_narrow_backward_weight(fin, fout, j0, x, dy, &mut dw),
+        );
     } else {
         sgemm_by_columns(fout, s.batch, fin, dy, (1, fout), x, d_weight);
     }
