@@ -18,6 +18,12 @@ fn main() -> ExitCode {
         std::process::exit(130);
     });
     let cli = wgcnn::cli::Cli::parse();
+    // This thread is one of rayon's workers (the pool's first; RAYON_NUM_THREADS still counts
+    // them all): the fast CPU executor's steps, and every parallel loop in them, start here
+    // instead of being handed to a pool thread that must be woken while this one waits.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
     match wgcnn::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
