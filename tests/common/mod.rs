@@ -488,7 +488,7 @@ impl OpRunner for FastRunner {
             dropout: None,
         });
         fast::dense_backward_input(s, d_y, w, mask, &mut r.d_input);
-        fast::dense_backward_weight(s, x, d_y, &mut r.d_weight, Some(&mut r.d_bias));
+        fast::dense_backward_weight(s, x, d_y, &mut r.d_weight, Some(&mut r.d_bias), None);
         Some(r)
     }
     fn pool2d(

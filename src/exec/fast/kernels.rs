@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::winograd::{self, madd, Grid};
 use crate::data::{Dataset, Normalization, IMAGE_PIXELS, IMAGE_SIDE};
+use crate::exec::Optimizer;
 use crate::network::{dropout_seed, ResolvedLayer};
 use crate::ops::{self as r, BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 
@@ -116,20 +117,8 @@ pub fn sgemm_by_columns(
     // Two blocks a core, whole cache lines wide (each packs a's few rows again: small).
     let blocks = 2 * rayon::current_num_threads().max(1);
     let width = n.div_ceil(blocks).next_multiple_of(16);
-    /// `c`'s address, shared by the tasks: each writes only its own columns.
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    impl Out {
-        /// Column `j` of the first row (a method, so that the tasks capture `Out`, not the
-        /// pointer, which is not `Send`).
-        fn at(self, j: usize) -> *mut f32 {
-            self.0.wrapping_add(j)
-        }
-    }
-    // SAFETY: the tasks write disjoint columns of `c`, and `c` outlives them (borrowed below).
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
-    let out = Out(c.as_mut_ptr());
+    // The tasks write disjoint columns of `c`, and `c` outlives them (borrowed here).
+    let out = Shared(c.as_mut_ptr());
     (0..n.div_ceil(width)).into_par_iter().for_each(|block| {
         let j0 = block * width;
         let cols = width.min(n - j0);
@@ -971,19 +960,8 @@ where
         matrix.len() >= rows * ld && width > 0,
         "par_column_blocks: matrix too short"
     );
-    /// The matrix's address, shared by the tasks (a method, so that closures capture `Base`,
-    /// not the pointer, which is not `Send`).
-    #[derive(Clone, Copy)]
-    struct Base(*mut f32);
-    impl Base {
-        fn at(self, j: usize) -> *mut f32 {
-            self.0.wrapping_add(j)
-        }
-    }
-    // SAFETY: the tasks' blocks are disjoint columns; `matrix` stays borrowed until they end.
-    unsafe impl Send for Base {}
-    unsafe impl Sync for Base {}
-    let base = Base(matrix.as_mut_ptr());
+    // The tasks' blocks are disjoint columns; `matrix` stays borrowed until they end.
+    let base = Shared(matrix.as_mut_ptr());
     (0..ld.div_ceil(width)).into_par_iter().for_each(|b| {
         let j0 = b * width;
         let block = Columns {
@@ -1154,17 +1132,34 @@ pub fn dense_backward_input(
     }
 }
 
-/// `d_weight[out, in] = d_y^T * x`: narrow layers in parallel blocks of output rows, the others
-/// with SGEMM in parallel blocks of columns ([`sgemm_by_columns`]); `d_bias` = column sums.
+/// An optimizer step to take on a weight tensor as soon as its gradient is ready
+/// ([`dense_backward_weight`]): step `t` of `opt` on `param` with its two state buffers, as
+/// [`Optimizer::update`] would take it after the backward pass.
+pub struct Update<'a> {
+    pub opt: Optimizer,
+    pub t: u64,
+    pub param: &'a mut [f32],
+    pub first: &'a mut [f32],
+    pub second: &'a mut [f32],
+}
+
+/// `d_weight[out, in] = d_y^T * x`: narrow layers in parallel blocks of columns
+/// ([`dense_narrow_backward_weight`]), the others with SGEMM in parallel blocks of columns;
+/// `d_bias` = column sums. With `update`, a wide layer's optimizer step is taken too, each
+/// block of columns as soon as its gradient is computed, while it is in that core's cache
+/// (`sigmoid-bce`'s 4056 -> 100: the gradient, the weights and their velocity are 4.9 MB,
+/// more than this machine's L2); returns whether it was (else the caller takes it later).
 pub fn dense_backward_weight(
     s: &DenseShape,
     input: &[f32],
     d_output: &[f32],
     d_weight: &mut [f32],
     d_bias: Option<&mut [f32]>,
-) {
+    update: Option<Update>,
+) -> bool {
     let (fin, fout) = (s.in_features, s.out_features);
     let (x, dy) = (&input[..s.batch * fin], &d_output[..s.batch * fout]);
+    let mut updated = false;
     if fout <= NARROW {
         // Two blocks a core, whole cache lines wide.
         let blocks = 2 * rayon::current_num_threads().max(1);
@@ -1177,7 +1172,54 @@ pub fn dense_backward_weight(
             |j0, mut dw| dense_narrow_backward_weight(fin, fout, j0, x, dy, &mut dw),
         );
     } else {
-        sgemm_by_columns(fout, s.batch, fin, dy, (1, fout), x, d_weight);
+        let len = fout * fin;
+        let (opt, state) = match update {
+            Some(u) => {
+                assert!(u.param.len() >= len && u.first.len() >= len && u.second.len() >= len);
+                let ptrs = [u.param, u.first, u.second].map(|t| Shared(t.as_mut_ptr()));
+                (Some((u.opt, u.t)), Some(ptrs))
+            }
+            None => (None, None),
+        };
+        let g = Shared(d_weight[..len].as_mut_ptr());
+        let blocks = 2 * rayon::current_num_threads().max(1);
+        let width = fin.div_ceil(blocks).next_multiple_of(16);
+        (0..fin.div_ceil(width)).into_par_iter().for_each(|block| {
+            let j0 = block * width;
+            let cols = width.min(fin - j0);
+            // SAFETY: rows 0..fout, columns j0..j0 + cols of the fout x fin `d_weight`, `dy`
+            // (batch x fout, read transposed) and `x` (batch x fin) are in bounds, and no other
+            // task touches these columns of `d_weight`.
+            unsafe {
+                sgemm_raw(
+                    (fout, s.batch, cols),
+                    dy.as_ptr(),
+                    (1, fout),
+                    x.as_ptr().add(j0),
+                    (fin, 1),
+                    0.0,
+                    g.at(j0),
+                    fin,
+                )
+            };
+            if let (Some((opt, t)), Some([p, m, v])) = (opt, state) {
+                for r in 0..fout {
+                    let at = r * fin + j0;
+                    // SAFETY: as above, for the same columns of the parameter and its state,
+                    // each as long as `d_weight` (asserted above) and borrowed by `update`.
+                    let (p, gr, m, v) = unsafe {
+                        (
+                            p.slice(at, cols),
+                            g.slice(at, cols),
+                            m.slice(at, cols),
+                            v.slice(at, cols),
+                        )
+                    };
+                    opt.update(t, p, gr, m, v);
+                }
+            }
+        });
+        updated = opt.is_some();
     }
     if let Some(d_bias) = d_bias {
         d_bias[..fout].fill(0.0);
@@ -1186,6 +1228,32 @@ pub fn dense_backward_weight(
                 *b += g;
             }
         }
+    }
+    updated
+}
+
+/// A matrix's address, shared by parallel tasks that each touch their own elements (a method,
+/// so that closures capture `Shared`, not the pointer, which is not `Send`).
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: only the users' disjoint accesses happen through it (see each `unsafe` block).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Element `at`.
+    fn at(self, at: usize) -> *mut f32 {
+        self.0.wrapping_add(at)
+    }
+
+    /// Elements `at..at + len`.
+    ///
+    /// # Safety
+    /// They must be in bounds, and nobody else may access them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice<'a>(self, at: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: as the caller promises.
+        unsafe { std::slice::from_raw_parts_mut(self.at(at), len) }
     }
 }
 

@@ -40,6 +40,9 @@ use kernels::*;
 pub struct FastCpu {
     host: HostState,
     grads: Vec<Vec<f32>>,
+    /// Per parameter tensor: whether the backward pass of this step has already taken its
+    /// optimizer step ([`dense_backward_weight`]).
+    updated: Vec<bool>,
     capacity: usize,
     /// `acts[0]` is the input batch, `acts[i + 1]` the output of layer `i`.
     acts: Vec<Vec<f32>>,
@@ -187,9 +190,10 @@ impl FastCpu {
                 folded[j] = true;
             }
         }
-        let grads = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let grads: Vec<Vec<f32>> = net.params.iter().map(|p| vec![0.0; p.len()]).collect();
         FastCpu {
             host: HostState::new(net, params, train, test, norm, seed),
+            updated: vec![false; grads.len()],
             grads,
             capacity,
             acts,
@@ -286,7 +290,10 @@ impl FastCpu {
         }
     }
 
-    fn backward(&mut self, batch: usize) {
+    /// With `update` (the optimizer and the step number, 1-based), the layers that can take
+    /// their weights' optimizer step as soon as the gradient is ready do, and say so in
+    /// `updated`.
+    fn backward(&mut self, batch: usize, update: Option<(Optimizer, u64)>) {
         let layers = self.host.net.layers.len();
         for (i, l) in self.host.net.layers.iter().enumerate().rev() {
             let started = Instant::now();
@@ -346,10 +353,19 @@ impl FastCpu {
                     let (w, b) = (l.weight.unwrap(), l.bias);
                     let (lo, hi) = self.grads.split_at_mut(w + 1);
                     let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
-                    dense_backward_weight(&s, x, d_y, &mut lo[w], d_bias);
+                    // The input gradient first: it needs the weights before this step's update,
+                    // which the weight gradient may take (then the optimizer's loop skips them).
                     if !first {
                         dense_backward_input(&s, d_y, &self.host.params[w], fold, d_x);
                     }
+                    let update = update.map(|(opt, t)| Update {
+                        opt,
+                        t,
+                        param: &mut self.host.params[w],
+                        first: &mut self.host.velocity[w],
+                        second: &mut self.host.second[w],
+                    });
+                    self.updated[w] = dense_backward_weight(&s, x, d_y, &mut lo[w], d_bias, update);
                 }
                 Layer::BatchNorm => {
                     let (w, b) = (l.weight.unwrap(), l.bias.unwrap());
@@ -539,13 +555,17 @@ impl FastCpu {
             &mut self.d_acts.last_mut().unwrap()[..len * classes],
         );
         record(&mut self.profile, 2 * layers + 1, started);
-        self.backward(len);
+        self.backward(len, Some((opt, step as u64 + 1)));
         let started = Instant::now();
         // In pieces, so that one large tensor (a dense layer's weight) is shared by all cores.
         const PIECE: usize = 1 << 14;
         let h = &mut self.host;
         let params = h.params.iter_mut().zip(&self.grads);
-        for ((p, g), (m, v)) in params.zip(h.velocity.iter_mut().zip(&mut h.second)) {
+        let tensors = params.zip(h.velocity.iter_mut().zip(&mut h.second));
+        for (((p, g), (m, v)), updated) in tensors.zip(&mut self.updated) {
+            if std::mem::take(updated) {
+                continue; // taken by the backward pass
+            }
             p.par_chunks_mut(PIECE)
                 .zip(g.par_chunks(PIECE))
                 .zip(m.par_chunks_mut(PIECE).zip(v.par_chunks_mut(PIECE)))
