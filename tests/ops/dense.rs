@@ -85,6 +85,8 @@ fn dense_matches_the_reference_on_every_executor() {
             // inputs in 16s and a tail; and exactly 16 outputs.
             (9, 1000, 10, true),
             (6, 37, 16, false),
+            // An odd number of outputs: pairs of outputs (AVX-512) and one alone.
+            (5, 300, 7, true),
         ] {
             let s = DenseShape {
                 batch,

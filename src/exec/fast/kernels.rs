@@ -811,22 +811,24 @@ pub fn dense_narrow_forward(
         let (x0, rest) = x.split_at(fin);
         let (x1, rest) = rest.split_at(fin);
         let (x2, x3) = rest.split_at(fin);
-        for (o, w) in weight.chunks_exact(fin).enumerate() {
-            let mut acc = [[0.0f32; 16]; 4];
-            let rows = x0.chunks_exact(16).zip(x1.chunks_exact(16));
-            let rows = rows.zip(x2.chunks_exact(16)).zip(x3.chunks_exact(16));
-            for (w, (((p0, p1), p2), p3)) in w[..whole].chunks_exact(16).zip(rows) {
-                for i in 0..16 {
-                    acc[0][i] = madd::<FMA>(p0[i], w[i], acc[0][i]);
-                    acc[1][i] = madd::<FMA>(p1[i], w[i], acc[1][i]);
-                    acc[2][i] = madd::<FMA>(p2[i], w[i], acc[2][i]);
-                    acc[3][i] = madd::<FMA>(p3[i], w[i], acc[3][i]);
-                }
+        let xs = [x0, x1, x2, x3];
+        let mut o = 0;
+        // Two outputs at a time where there are registers for their eight partial sums
+        // (AVX-512): eight independent chains of multiply-adds, where four leave the FMA units
+        // waiting on their latency, and each row of `x` loaded once for two outputs.
+        while WIDE && o + 2 <= fout {
+            let w = [&weight[o * fin..][..fin], &weight[(o + 1) * fin..][..fin]];
+            let acc = narrow_forward_block::<2, FMA>(whole, xs, w);
+            for (k, acc) in acc.iter().enumerate() {
+                narrow_forward_finish(whole, xs, w[k], acc, b(o + k), &mut y[o + k..], fout);
             }
-            for (r, (acc, x)) in acc.iter().zip([x0, x1, x2, x3]).enumerate() {
-                let rest: f32 = x[whole..].iter().zip(&w[whole..]).map(|(x, w)| x * w).sum();
-                y[r * fout + o] = acc.iter().sum::<f32>() + rest + b(o);
-            }
+            o += 2;
+        }
+        while o < fout {
+            let w = [&weight[o * fin..][..fin]];
+            let acc = narrow_forward_block::<1, FMA>(whole, xs, w);
+            narrow_forward_finish(whole, xs, w[0], &acc[0], b(o), &mut y[o..], fout);
+            o += 1;
         }
     }
     let rest = xs.remainder().chunks_exact(fin);
@@ -836,6 +838,49 @@ pub fn dense_narrow_forward(
         }
     }
 }
+}
+
+/// The partial sums (16 lanes) of four rows of `x` with each of the `O` (1 or 2) weight rows
+/// `w`, over the first `whole` inputs (by iterators, which leave no bounds checks in the loop).
+#[inline(always)]
+fn narrow_forward_block<const O: usize, const FMA: bool>(
+    whole: usize,
+    x: [&[f32]; 4],
+    w: [&[f32]; O],
+) -> [[[f32; 16]; 4]; O] {
+    let mut acc = [[[0.0f32; 16]; 4]; O];
+    let rows = x[0][..whole].chunks_exact(16).zip(x[1].chunks_exact(16));
+    let rows = rows.zip(x[2].chunks_exact(16)).zip(x[3].chunks_exact(16));
+    let w0 = w[0][..whole].chunks_exact(16);
+    let w1 = w[O - 1][..whole].chunks_exact(16); // the same row when O = 1 (then unused)
+    for ((w0, w1), (((p0, p1), p2), p3)) in w0.zip(w1).zip(rows) {
+        for (k, w) in [w0, w1].into_iter().take(O).enumerate() {
+            for i in 0..16 {
+                acc[k][0][i] = madd::<FMA>(p0[i], w[i], acc[k][0][i]);
+                acc[k][1][i] = madd::<FMA>(p1[i], w[i], acc[k][1][i]);
+                acc[k][2][i] = madd::<FMA>(p2[i], w[i], acc[k][2][i]);
+                acc[k][3][i] = madd::<FMA>(p3[i], w[i], acc[k][3][i]);
+            }
+        }
+    }
+    acc
+}
+
+/// `y[r * fout] = Σ acc[r] + (the inputs past `whole`) + bias` for the four rows.
+#[inline(always)]
+fn narrow_forward_finish(
+    whole: usize,
+    x: [&[f32]; 4],
+    w: &[f32],
+    acc: &[[f32; 16]; 4],
+    bias: f32,
+    y: &mut [f32],
+    fout: usize,
+) {
+    for (r, (acc, x)) in acc.iter().zip(x).enumerate() {
+        let rest: f32 = x[whole..].iter().zip(&w[whole..]).map(|(x, w)| x * w).sum();
+        y[r * fout] = acc.iter().sum::<f32>() + rest + bias;
+    }
 }
 
 crate::exec::fast::winograd::multiversion! {

@@ -42,23 +42,24 @@ use crate::ops::Conv2dShape;
 /// Define `$name` as a function compiled three times (AVX-512, AVX2+FMA, plain) and dispatched on
 /// the CPU's features at run time ([`Isa::detect`], cached): loops written plainly then vectorise
 /// to the widest registers the machine has. The body may use `FMA`, a constant that says whether
-/// this variant has fused multiply-adds (see [`madd`]).
+/// this variant has fused multiply-adds (see [`madd`]), and `WIDE`, whether it has 32 vector
+/// registers of 16 floats (AVX-512: room for larger register blocks than AVX2's 16 of 8).
 macro_rules! multiversion {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         pub fn $name($($arg: $ty),*) {
             #[inline(always)]
             #[allow(unused)]
-            fn imp<const FMA: bool>($($arg: $ty),*) $body
+            fn imp<const FMA: bool, const WIDE: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,fma")]
             fn avx512($($arg: $ty),*) {
-                imp::<true>($($arg),*)
+                imp::<true, true>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             fn avx2($($arg: $ty),*) {
-                imp::<true>($($arg),*)
+                imp::<true, false>($($arg),*)
             }
             match $crate::exec::fast::winograd::Isa::detect() {
                 // SAFETY: `detect` found the features these functions are compiled for.
@@ -66,7 +67,7 @@ macro_rules! multiversion {
                 $crate::exec::fast::winograd::Isa::Avx512 => unsafe { avx512($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
                 $crate::exec::fast::winograd::Isa::Avx2Fma => unsafe { avx2($($arg),*) },
-                _ => imp::<{ cfg!(target_arch = "aarch64") }>($($arg),*),
+                _ => imp::<{ cfg!(target_arch = "aarch64") }, false>($($arg),*),
             }
         }
     };
