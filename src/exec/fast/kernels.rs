@@ -93,6 +93,13 @@ unsafe fn sgemm_raw(
     unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, a0, a1, b, b0, b1, beta, c, ldc as isize, 1) }
 }
 
+/// How wide the column blocks of an `n`-column matrix are when parallel tasks split it by
+/// columns: two blocks a core, whole cache lines wide.
+fn column_block_width(n: usize) -> usize {
+    n.div_ceil(2 * rayon::current_num_threads().max(1))
+        .next_multiple_of(16)
+}
+
 /// `c = a * b` (a is m x k with `a_strides`, b is k x n row-major, c is m x n row-major), in
 /// parallel over blocks of columns of `b` and `c`. Each task packs only its own columns of `b`:
 /// split by rows instead, every task packed all of `b` (for a dense layer's input gradient, the
@@ -114,9 +121,8 @@ pub fn sgemm_by_columns(
         (k == 0 || (a.len() > last && b.len() >= k * n)) && c.len() >= m * n,
         "sgemm operands too short"
     );
-    // Two blocks a core, whole cache lines wide (each packs a's few rows again: small).
-    let blocks = 2 * rayon::current_num_threads().max(1);
-    let width = n.div_ceil(blocks).next_multiple_of(16);
+    // Each task packs a's few rows again: small.
+    let width = column_block_width(n);
     // The tasks write disjoint columns of `c`, and `c` outlives them (borrowed here).
     let out = Shared(c.as_mut_ptr());
     (0..n.div_ceil(width)).into_par_iter().for_each(|block| {
@@ -1204,18 +1210,15 @@ pub fn dense_backward_weight(
 ) -> bool {
     let (fin, fout) = (s.in_features, s.out_features);
     let (x, dy) = (&input[..s.batch * fin], &d_output[..s.batch * fout]);
-    let mut updated = false;
-    if fout <= NARROW {
-        // Two blocks a core, whole cache lines wide.
-        let blocks = 2 * rayon::current_num_threads().max(1);
-        let width = fin.div_ceil(blocks).next_multiple_of(16);
+    let updated = if fout <= NARROW {
         par_column_blocks(
             &mut d_weight[..fout * fin],
             fout,
             fin,
-            width,
+            column_block_width(fin),
             |j0, mut dw| dense_narrow_backward_weight(fin, fout, j0, x, dy, &mut dw),
         );
+        false
     } else {
         let len = fout * fin;
         let (opt, state) = match update {
@@ -1227,8 +1230,7 @@ pub fn dense_backward_weight(
             None => (None, None),
         };
         let g = Shared(d_weight[..len].as_mut_ptr());
-        let blocks = 2 * rayon::current_num_threads().max(1);
-        let width = fin.div_ceil(blocks).next_multiple_of(16);
+        let width = column_block_width(fin);
         (0..fin.div_ceil(width)).into_par_iter().for_each(|block| {
             let j0 = block * width;
             let cols = width.min(fin - j0);
@@ -1264,8 +1266,8 @@ pub fn dense_backward_weight(
                 }
             }
         });
-        updated = opt.is_some();
-    }
+        opt.is_some()
+    };
     if let Some(d_bias) = d_bias {
         d_bias[..fout].fill(0.0);
         for dy in d_output[..s.batch * fout].chunks_exact(fout) {
