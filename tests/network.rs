@@ -229,6 +229,15 @@ fn training_trajectories_match_the_reference_on_every_executor() {
             },
         ),
         (
+            // A wide dense layer (the fast CPU's fused backward pass and SGD step) with decay.
+            "conv4k3-sigmoid-dropout0.3-dense20-relu-dropout0.5-dense10",
+            7,
+            Optimizer {
+                weight_decay: 1e-3,
+                ..Optimizer::sgd(0.05, 0.9)
+            },
+        ),
+        (
             "sigmoid-bce",
             13,
             adam(OptimizerKind::Adam, 0.01, (0.9, 0.999), 1e-3),

@@ -487,8 +487,13 @@ impl OpRunner for FastRunner {
             out: x,
             dropout: None,
         });
-        fast::dense_backward_input(s, d_y, w, mask, &mut r.d_input);
-        fast::dense_backward_weight(s, x, d_y, &mut r.d_weight, Some(&mut r.d_bias), None);
+        let mut weight = w.to_vec();
+        let (d_x, d_w, d_b) = (
+            Some(&mut r.d_input[..]),
+            &mut r.d_weight,
+            Some(&mut r.d_bias[..]),
+        );
+        fast::dense_backward(s, x, d_y, &mut weight, mask, d_x, d_w, d_b, None);
         Some(r)
     }
     fn pool2d(

@@ -87,6 +87,9 @@ fn dense_matches_the_reference_on_every_executor() {
             (6, 37, 16, false),
             // An odd number of outputs: pairs of outputs (AVX-512) and one alone.
             (5, 300, 7, true),
+            // The fast CPU's wide kernel: a column block of two-vector strips, a one-vector strip
+            // and single columns; tiles of 8 or 6 rows, 4 and 1 (samples and outputs).
+            (9, 250, 21, true),
         ] {
             let s = DenseShape {
                 batch,

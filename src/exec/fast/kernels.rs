@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::winograd::{self, madd, Grid};
 use crate::data::{Dataset, Normalization, IMAGE_PIXELS, IMAGE_SIDE};
-use crate::exec::Optimizer;
+use crate::exec::{Optimizer, OptimizerKind};
 use crate::network::{dropout_seed, ResolvedLayer};
 use crate::ops::{self as r, BatchNormShape, Conv2dShape, DenseShape, Pool2dShape};
 
@@ -98,52 +98,6 @@ unsafe fn sgemm_raw(
 fn column_block_width(n: usize) -> usize {
     n.div_ceil(2 * rayon::current_num_threads().max(1))
         .next_multiple_of(16)
-}
-
-/// `c = a * b` (a is m x k with `a_strides`, b is k x n row-major, c is m x n row-major), in
-/// parallel over blocks of columns of `b` and `c`. Each task packs only its own columns of `b`:
-/// split by rows instead, every task packed all of `b` (for a dense layer's input gradient, the
-/// whole weight matrix, once per core per step).
-pub fn sgemm_by_columns(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    a_strides: (usize, usize),
-    b: &[f32],
-    c: &mut [f32],
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = (m - 1) * a_strides.0 + k.saturating_sub(1) * a_strides.1;
-    assert!(
-        (k == 0 || (a.len() > last && b.len() >= k * n)) && c.len() >= m * n,
-        "sgemm operands too short"
-    );
-    // Each task packs a's few rows again: small.
-    let width = column_block_width(n);
-    // The tasks write disjoint columns of `c`, and `c` outlives them (borrowed here).
-    let out = Shared(c.as_mut_ptr());
-    (0..n.div_ceil(width)).into_par_iter().for_each(|block| {
-        let j0 = block * width;
-        let cols = width.min(n - j0);
-        // SAFETY: rows 0..m and columns j0..j0 + cols of `a`, `b` and `c` are in bounds (asserted
-        // above), and no other task touches these columns of `c`.
-        unsafe {
-            let b = b.as_ptr().add(j0);
-            sgemm_raw(
-                (m, k, cols),
-                a.as_ptr(),
-                a_strides,
-                b,
-                (n, 1),
-                0.0,
-                out.at(j0),
-                n,
-            );
-        }
-    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1142,142 +1096,610 @@ pub fn dense_forward(
     }
 }
 
-/// `d_x[N, in] = d_y[N, out] * weight[out, in]`: narrow layers in parallel blocks of rows, the
-/// others with SGEMM in parallel blocks of columns ([`sgemm_by_columns`]; with `weight`
-/// thousands of floats apart row to row, packing pays here). With `before`, also back
-/// through the dropout and/or activation before this layer ([`Before`]; the narrow kernel does
-/// it while each four rows of the gradient are in L2).
-pub fn dense_backward_input(
-    s: &DenseShape,
-    d_output: &[f32],
-    weight: &[f32],
-    before: Option<Before>,
-    d_input: &mut [f32],
-) {
-    let block = row_block(s.batch);
-    let (fin, fout) = (s.in_features, s.out_features);
-    let (d_x, d_y) = (&mut d_input[..s.batch * fin], &d_output[..s.batch * fout]);
-    if fout <= NARROW {
-        d_x.par_chunks_mut(block * fin)
-            .zip(d_y.par_chunks(block * fout))
-            .enumerate()
-            .for_each(|(i, (dx, dy))| {
-                let w = &weight[..fout * fin];
-                dense_narrow_backward_input(fin, dy, w, before, i * block * fin, dx);
-            });
-        return;
-    }
-    sgemm_by_columns(
-        s.batch,
-        fout,
-        fin,
-        d_y,
-        (fout, 1),
-        &weight[..fout * fin],
-        d_x,
-    );
-    if let Some(before) = &before {
-        d_x.par_chunks_mut(block * fin)
-            .enumerate()
-            .for_each(|(i, dx)| before_backward_in_place(before, i * block * fin, dx));
-    }
-}
-
 /// An optimizer step to take on a weight tensor as soon as its gradient is ready
-/// ([`dense_backward_weight`]): step `t` of `opt` on `param` with its two state buffers, as
+/// ([`dense_backward`]): step `t` of `opt` on the weights with their two state buffers, as
 /// [`Optimizer::update`] would take it after the backward pass.
 pub struct Update<'a> {
     pub opt: Optimizer,
     pub t: u64,
-    pub param: &'a mut [f32],
     pub first: &'a mut [f32],
     pub second: &'a mut [f32],
 }
 
-/// `d_weight[out, in] = d_y^T * x`: narrow layers in parallel blocks of columns
-/// ([`dense_narrow_backward_weight`]), the others with SGEMM in parallel blocks of columns;
-/// `d_bias` = column sums. With `update`, a wide layer's optimizer step is taken too, each
-/// block of columns as soon as its gradient is computed, while it is in that core's cache
-/// (`sigmoid-bce`'s 4056 -> 100: the gradient, the weights and their velocity are 4.9 MB,
-/// more than this machine's L2); returns whether it was (else the caller takes it later).
-pub fn dense_backward_weight(
+/// A dense layer's backward pass: `d_input[N, in] = d_y[N, out] * weight[out, in]` (when
+/// `d_input` is given, then passed back through `before`, [`Before`]), `d_weight[out, in] =
+/// d_y^T * x` and `d_bias` = the column sums of `d_y`. Narrow layers (at most [`NARROW`]
+/// outputs) take the input gradient in parallel blocks of rows ([`dense_narrow_backward_input`])
+/// and the weight gradient in parallel blocks of columns ([`dense_narrow_backward_weight`]).
+/// Wider layers take both in one pass over the weights ([`dense_wide_backward_block`]) and,
+/// with `update`, also their optimizer step, so the weight gradient is never stored; returns
+/// whether the step was taken (else the caller takes it later, from `d_weight`).
+#[allow(clippy::too_many_arguments)]
+pub fn dense_backward(
     s: &DenseShape,
     input: &[f32],
     d_output: &[f32],
+    weight: &mut [f32],
+    before: Option<Before>,
+    d_input: Option<&mut [f32]>,
     d_weight: &mut [f32],
     d_bias: Option<&mut [f32]>,
     update: Option<Update>,
 ) -> bool {
-    let (fin, fout) = (s.in_features, s.out_features);
-    let (x, dy) = (&input[..s.batch * fin], &d_output[..s.batch * fout]);
-    let updated = if fout <= NARROW {
-        par_column_blocks(
-            &mut d_weight[..fout * fin],
-            fout,
-            fin,
-            column_block_width(fin),
-            |j0, mut dw| dense_narrow_backward_weight(fin, fout, j0, x, dy, &mut dw),
-        );
-        false
-    } else {
-        let len = fout * fin;
-        let (opt, state) = match update {
-            Some(u) => {
-                assert!(u.param.len() >= len && u.first.len() >= len && u.second.len() >= len);
-                let ptrs = [u.param, u.first, u.second].map(|t| Shared(t.as_mut_ptr()));
-                (Some((u.opt, u.t)), Some(ptrs))
-            }
-            None => (None, None),
-        };
-        let g = Shared(d_weight[..len].as_mut_ptr());
-        let width = column_block_width(fin);
-        (0..fin.div_ceil(width)).into_par_iter().for_each(|block| {
-            let j0 = block * width;
-            let cols = width.min(fin - j0);
-            // SAFETY: rows 0..fout, columns j0..j0 + cols of the fout x fin `d_weight`, `dy`
-            // (batch x fout, read transposed) and `x` (batch x fin) are in bounds, and no other
-            // task touches these columns of `d_weight`.
-            unsafe {
-                sgemm_raw(
-                    (fout, s.batch, cols),
-                    dy.as_ptr(),
-                    (1, fout),
-                    x.as_ptr().add(j0),
-                    (fin, 1),
-                    0.0,
-                    g.at(j0),
-                    fin,
-                )
-            };
-            if let (Some((opt, t)), Some([p, m, v])) = (opt, state) {
-                for r in 0..fout {
-                    let at = r * fin + j0;
-                    // SAFETY: as above, for the same columns of the parameter and its state,
-                    // each as long as `d_weight` (asserted above) and borrowed by `update`.
-                    let (p, gr, m, v) = unsafe {
-                        (
-                            p.slice(at, cols),
-                            g.slice(at, cols),
-                            m.slice(at, cols),
-                            v.slice(at, cols),
-                        )
-                    };
-                    opt.update(t, p, gr, m, v);
-                }
-            }
-        });
-        opt.is_some()
-    };
+    let (n, fin, fout) = (s.batch, s.in_features, s.out_features);
+    let (x, d_y) = (&input[..n * fin], &d_output[..n * fout]);
+    let (weight, d_weight) = (&mut weight[..fout * fin], &mut d_weight[..fout * fin]);
     if let Some(d_bias) = d_bias {
         d_bias[..fout].fill(0.0);
-        for dy in d_output[..s.batch * fout].chunks_exact(fout) {
+        for dy in d_y.chunks_exact(fout) {
             for (b, g) in d_bias.iter_mut().zip(dy) {
                 *b += g;
             }
         }
     }
-    updated
+    if fout <= NARROW {
+        if let Some(d_x) = d_input {
+            let block = row_block(n);
+            d_x[..n * fin]
+                .par_chunks_mut(block * fin)
+                .zip(d_y.par_chunks(block * fout))
+                .enumerate()
+                .for_each(|(i, (dx, dy))| {
+                    dense_narrow_backward_input(fin, dy, weight, before, i * block * fin, dx);
+                });
+        }
+        par_column_blocks(
+            d_weight,
+            fout,
+            fin,
+            column_block_width(fin),
+            |j0, mut dw| dense_narrow_backward_weight(fin, fout, j0, x, d_y, &mut dw),
+        );
+        return false;
+    }
+    let update = update.map(|u| {
+        let len = fout * fin;
+        assert!(u.first.len() >= len && u.second.len() >= len);
+        (
+            u.opt,
+            u.t,
+            Shared(u.first.as_mut_ptr()),
+            Shared(u.second.as_mut_ptr()),
+        )
+    });
+    let stepped = update.is_some();
+    let d_x = d_input.map(|d| {
+        assert!(
+            d.len() >= n * fin,
+            "dense_backward: input gradient too short"
+        );
+        Shared(d.as_mut_ptr())
+    });
+    let wide = WideBackward {
+        fin,
+        fout,
+        batch: n,
+        x,
+        d_y,
+        weight: Shared(weight.as_mut_ptr()),
+        d_x,
+        before,
+        d_weight: Shared(d_weight.as_mut_ptr()),
+        update,
+    };
+    let width = column_block_width(fin);
+    (0..fin.div_ceil(width)).into_par_iter().for_each(|block| {
+        let j0 = block * width;
+        dense_wide_backward_block(&wide, j0, width.min(fin - j0));
+    });
+    stepped
 }
+
+/// What [`dense_wide_backward_block`] reads and writes, for tasks that each take their own
+/// columns of the weights (and of their gradient and state, and of the input gradient).
+pub struct WideBackward<'a> {
+    fin: usize,
+    fout: usize,
+    batch: usize,
+    /// `batch x fin` and `batch x fout`.
+    x: &'a [f32],
+    d_y: &'a [f32],
+    /// `fout x fin`: read for the input gradient, then stepped when `update` is given.
+    weight: Shared,
+    /// `batch x fin`, if wanted.
+    d_x: Option<Shared>,
+    before: Option<Before<'a>>,
+    /// `fout x fin`: written unless `update` is given.
+    d_weight: Shared,
+    /// The optimizer, its step number and the weights' two state buffers (`fout x fin`).
+    update: Option<(Optimizer, u64, Shared, Shared)>,
+}
+
+// SAFETY: `WideBackward` is only built by `dense_backward`, from borrows (shared for `x`, `d_y`,
+// `before`; exclusive for the rest) that outlive its parallel tasks, each of which touches only
+// its own columns `j0..j0 + cols` of the `Shared` matrices.
+unsafe impl Sync for WideBackward<'_> {}
+
+/// Columns `j0..j0 + cols` of a wide dense layer's backward pass ([`dense_backward`]), a strip
+/// of two vectors' width at a time (32 columns on AVX-512, 16 on AVX2): first the strip's input
+/// gradient, from the weights before this step (register tiles of batch rows, summing over the
+/// outputs), then its weight gradient (tiles of output rows, summing over the batch in order, as
+/// the reference) and, while each tile is in registers, the optimizer step on those weights. The
+/// strip of weights stays in L1 between the two, and each weight, its gradient and its state
+/// are touched once a step (sigmoid-bce's 4056 -> 100: the weights and their velocity are 3.2
+/// MB, more than this machine's L2; two SGEMMs and a separate optimizer step streamed them and
+/// the gradient several times). Then this block's input gradient goes back through `before`
+/// while it is in L2. Written with explicit vectors ([`Vector`]): the compiler's own
+/// vectorisation of these tiles, written as the other kernels', came out scalar.
+pub fn dense_wide_backward_block(a: &WideBackward, j0: usize, cols: usize) {
+    assert!(j0 + cols <= a.fin && a.x.len() >= a.batch * a.fin && a.d_y.len() >= a.batch * a.fout);
+    match winograd::Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `detect` found the features these functions are compiled for.
+        winograd::Isa::Avx512 => unsafe { wide_block_avx512(a, j0, cols) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        winograd::Isa::Avx2Fma => unsafe { wide_block_avx2(a, j0, cols) },
+        _ => wide_block::<Quad, 4>(a, j0, cols),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn wide_block_avx512(a: &WideBackward, j0: usize, cols: usize) {
+    wide_block::<std::arch::x86_64::__m512, 8>(a, j0, cols)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn wide_block_avx2(a: &WideBackward, j0: usize, cols: usize) {
+    wide_block::<std::arch::x86_64::__m256, 6>(a, j0, cols)
+}
+
+/// [`dense_wide_backward_block`] with vectors `V` and register tiles of `R` rows.
+#[inline(always)]
+fn wide_block<V: Vector, const R: usize>(a: &WideBackward, j0: usize, cols: usize) {
+    let end = j0 + cols;
+    // Taken out of the thread's cell and put back, not used in a closure: a closure is a
+    // function of its own, compiled without this one's instruction set, and the vector
+    // intrinsics inside it would not be inlined.
+    let mut packed = PACKED_STRIP.take();
+    let len = (a.fout + a.batch) * 2 * V::LANES;
+    if packed.len() < len {
+        packed.resize(len, 0.0); // once per thread and layer size
+    }
+    let mut j = j0;
+    while j + 2 * V::LANES <= end {
+        wide_strip::<V, 2, R>(a, j, end, &mut packed);
+        j += 2 * V::LANES;
+    }
+    while j + V::LANES <= end {
+        wide_strip::<V, 1, R>(a, j, end, &mut packed);
+        j += V::LANES;
+    }
+    while j < end {
+        wide_strip::<f32, 1, 4>(a, j, end, &mut packed);
+        j += 1;
+    }
+    PACKED_STRIP.set(packed);
+    if let (Some(d_x), Some(before)) = (a.d_x, &a.before) {
+        for n in 0..a.batch {
+            let from = n * a.fin + j0;
+            // SAFETY: row n, columns j0..j0 + cols of the batch x fin input gradient: in
+            // bounds, and this task's alone.
+            before.apply(from, unsafe { d_x.slice(from, cols) });
+        }
+    }
+}
+
+/// Columns `j..j + C * V::LANES` of [`dense_wide_backward_block`], in register tiles of `R`
+/// rows (then 4, then 1), with `packed` (at least `fout x C * V::LANES` floats) to hold the
+/// strip's weights.
+///
+/// The strip of weights is first copied into `packed`, contiguous: its rows are kilobytes apart
+/// in the weights (36 KB in `default`'s 9216 -> 128, a multiple of 4 KB, so that every row of a
+/// strip fell in the same two sets of L1 and the input gradient's tiles read them from L2 again
+/// and again). The copy also asks for a strip further on to be fetched into L2, weights and
+/// velocity: rows that far apart are beyond the hardware prefetchers, and a strip that waited
+/// for each of its rows spent most of its time waiting.
+#[inline(always)]
+fn wide_strip<V: Vector, const C: usize, const R: usize>(
+    a: &WideBackward,
+    j: usize,
+    end: usize,
+    packed: &mut [f32],
+) {
+    let (fin, fout, width) = (a.fin, a.fout, C * V::LANES);
+    let ahead = j + PREFETCH_STRIPS * width;
+    let ahead = (ahead + width <= end).then_some(ahead);
+    assert!(packed.len() >= (fout + a.batch) * width && j + width <= fin);
+    let (packed, xs) = packed.split_at_mut(fout * width);
+    let rows = (0..fout).map(|o| a.weight.at(o * fin + j) as *const f32);
+    let rows = rows.chain((0..a.batch).map(|n| a.x[n * fin + j..].as_ptr()));
+    for (from, to) in rows.zip(
+        packed
+            .chunks_exact_mut(width)
+            .chain(xs.chunks_exact_mut(width)),
+    ) {
+        for (c, to) in to.chunks_exact_mut(V::LANES).enumerate() {
+            // SAFETY: columns j..j + width <= fin of row o < fout of the weights or row n < batch
+            // of x (asserted in the block).
+            unsafe { V::load(from.add(c * V::LANES)).store(to.as_mut_ptr()) };
+        }
+    }
+    let (packed, xs) = (&*packed, &xs[..a.batch * width]);
+    if a.d_x.is_some() {
+        let mut n = 0;
+        while n + R <= a.batch {
+            wide_input_tile::<V, C, R>(a, packed, n, j, ahead);
+            n += R;
+        }
+        while n + 4 <= a.batch {
+            wide_input_tile::<V, C, 4>(a, packed, n, j, ahead);
+            n += 4;
+        }
+        while n < a.batch {
+            wide_input_tile::<V, C, 1>(a, packed, n, j, ahead);
+            n += 1;
+        }
+    }
+    let mut o = 0;
+    while o + R <= a.fout {
+        wide_weight_tile::<V, C, R>(a, packed, xs, o, j, ahead);
+        o += R;
+    }
+    while o + 4 <= a.fout {
+        wide_weight_tile::<V, C, 4>(a, packed, xs, o, j, ahead);
+        o += 4;
+    }
+    while o < a.fout {
+        wide_weight_tile::<V, C, 1>(a, packed, xs, o, j, ahead);
+        o += 1;
+    }
+}
+
+/// `d_x[n0 + r][j..j + C * V::LANES] = Σ_o d_y[n0 + r][o] w[o]` for `r < R`, `w` being the
+/// strip of weights before this step, packed (`fout` rows of `C * V::LANES`).
+#[inline(always)]
+fn wide_input_tile<V: Vector, const C: usize, const R: usize>(
+    a: &WideBackward,
+    packed: &[f32],
+    n0: usize,
+    j: usize,
+    ahead: Option<usize>,
+) {
+    let (fin, fout, width) = (a.fin, a.fout, C * V::LANES);
+    assert!(n0 + R <= a.batch && j + width <= fin && packed.len() >= fout * width);
+    let d_y: [*const f32; R] = std::array::from_fn(|r| a.d_y[(n0 + r) * fout..].as_ptr());
+    let d_x = a.d_x.unwrap();
+    // SAFETY: rows n0..n0 + R < batch of d_y and d_x, columns o < fout of d_y, rows o < fout of
+    // `packed`, and columns j..j + width <= fin of d_x, this task's own (asserted here and in
+    // the block).
+    unsafe {
+        let mut acc = [[V::zero(); C]; R];
+        let mut w_row = packed.as_ptr();
+        for o in 0..fout {
+            let w: [V; C] = std::array::from_fn(|c| V::load(w_row.add(c * V::LANES)));
+            for (acc, d_y) in acc.iter_mut().zip(&d_y) {
+                let g = V::splat(*d_y.add(o));
+                for (s, &w) in acc.iter_mut().zip(&w) {
+                    *s = s.madd(g, w);
+                }
+            }
+            w_row = w_row.add(width);
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let out = d_x.at((n0 + r) * fin + j);
+            for (c, v) in acc.iter().enumerate() {
+                v.store(out.add(c * V::LANES));
+            }
+        }
+    }
+    if let Some(ahead) = ahead {
+        for n in n0..n0 + R {
+            for k in (0..width).step_by(16) {
+                prefetch(a.x[n * fin + ahead + k..].as_ptr());
+            }
+        }
+    }
+}
+
+/// `g[o0 + r][j..j + C * V::LANES] = Σ_n d_y[n][o0 + r] x[n][j..]` for `r < R`, then the
+/// optimizer step on those weights (their values before it read from `packed`), or `g` stored
+/// as `d_weight`.
+#[inline(always)]
+fn wide_weight_tile<V: Vector, const C: usize, const R: usize>(
+    a: &WideBackward,
+    packed: &[f32],
+    xs: &[f32],
+    o0: usize,
+    j: usize,
+    ahead: Option<usize>,
+) {
+    let (fin, fout, width) = (a.fin, a.fout, C * V::LANES);
+    assert!(o0 + R <= fout && j + width <= fin && packed.len() >= fout * width);
+    assert!(xs.len() >= a.batch * width);
+    // SAFETY: rows n < batch of x and d_y (asserted in the block), columns j..j + width <= fin
+    // of x and o0..o0 + R <= fout of d_y; then rows o0 + r < fout, columns j..j + width of the
+    // fout x fin weights, gradient and state buffers (these at least that long, asserted in
+    // `dense_backward`), this task's columns, and of `packed`.
+    unsafe {
+        let mut acc = [[V::zero(); C]; R];
+        let (mut x, mut d_y) = (xs.as_ptr(), a.d_y.as_ptr().add(o0));
+        for _ in 0..a.batch {
+            let xs: [V; C] = std::array::from_fn(|c| V::load(x.add(c * V::LANES)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let g = V::splat(*d_y.add(r));
+                for (s, &x) in acc.iter_mut().zip(&xs) {
+                    *s = s.madd(g, x);
+                }
+            }
+            x = x.add(width);
+            d_y = d_y.add(fout);
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let at = (o0 + r) * fin + j;
+            let old = packed.as_ptr().add((o0 + r) * width);
+            match a.update {
+                Some((opt, _, first, _)) if opt.kind == OptimizerKind::Sgd => {
+                    let (lr, momentum) = (V::splat(opt.lr), V::splat(opt.momentum));
+                    let decay = (opt.weight_decay != 0.0).then(|| V::splat(opt.weight_decay));
+                    for (c, &g) in acc.iter().enumerate() {
+                        let k = c * V::LANES;
+                        let (w, m) = (V::load(old.add(k)), first.at(at + k));
+                        V::sgd(lr, momentum, decay, w, a.weight.at(at + k), g, m);
+                    }
+                }
+                Some((opt, t, first, second)) => {
+                    let mut g = [0.0f32; 64];
+                    let g = &mut g[..width];
+                    for (c, v) in acc.iter().enumerate() {
+                        v.store(g[c * V::LANES..].as_mut_ptr());
+                    }
+                    let p = a.weight.slice(at, width);
+                    let (m, v) = (first.slice(at, width), second.slice(at, width));
+                    opt.update(t, p, g, m, v);
+                }
+                None => {
+                    for (c, v) in acc.iter().enumerate() {
+                        v.store(a.d_weight.at(at + c * V::LANES));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(ahead) = ahead {
+        for o in o0..o0 + R {
+            for k in (0..width).step_by(16) {
+                prefetch(a.weight.at(o * fin + ahead + k));
+                if let Some((_, _, first, _)) = a.update {
+                    prefetch(first.at(o * fin + ahead + k));
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's buffer for [`wide_strip`]'s strip of weights.
+    static PACKED_STRIP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many strips ahead [`wide_strip`] fetches weights.
+const PREFETCH_STRIPS: usize = 2;
+
+/// Asks for the cache line holding `p` to be brought into L2.
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// A vector of `LANES` floats, for the kernels written with explicit vectors: AVX-512's and
+/// AVX2's registers, four floats for other targets (which the compiler maps to SSE or NEON),
+/// and one float for the columns left over.
+trait Vector: Copy {
+    const LANES: usize;
+    /// # Safety
+    /// These and the others: the CPU has the type's instruction set.
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    /// # Safety
+    /// `p..p + LANES` readable (for `store`, writable).
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// `self + a * b`, fused.
+    unsafe fn madd(self, a: Self, b: Self) -> Self;
+    unsafe fn add(self, b: Self) -> Self;
+    unsafe fn sub(self, b: Self) -> Self;
+    unsafe fn mul(self, b: Self) -> Self;
+
+    /// [`r::sgd_update`] on `LANES` weights, `w` (stored back at `p`), with gradient `g` and
+    /// velocity at `m`, with the same operations in the same order (unfused), so the same results.
+    #[inline(always)]
+    unsafe fn sgd(
+        lr: Self,
+        momentum: Self,
+        decay: Option<Self>,
+        w: Self,
+        p: *mut f32,
+        g: Self,
+        m: *mut f32,
+    ) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let g = match decay {
+                Some(d) => g.add(d.mul(w)),
+                None => g,
+            };
+            let v = momentum.mul(Self::load(m)).add(g);
+            v.store(m);
+            w.sub(lr.mul(v)).store(p);
+        }
+    }
+}
+
+impl Vector for f32 {
+    const LANES: usize = 1;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        0.0
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { *p }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { *p = self }
+    }
+    #[inline(always)]
+    unsafe fn madd(self, a: Self, b: Self) -> Self {
+        madd::<{ cfg!(target_arch = "aarch64") }>(a, b, self)
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        self + b
+    }
+    #[inline(always)]
+    unsafe fn sub(self, b: Self) -> Self {
+        self - b
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        self * b
+    }
+}
+
+/// Four floats, element by element, for targets without the x86 kernels.
+#[derive(Clone, Copy)]
+struct Quad([f32; 4]);
+
+impl Quad {
+    #[inline(always)]
+    fn map2(self, b: Quad, f: impl Fn(f32, f32) -> f32) -> Quad {
+        Quad(std::array::from_fn(|i| f(self.0[i], b.0[i])))
+    }
+}
+
+impl Vector for Quad {
+    const LANES: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Quad([0.0; 4])
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        Quad([x; 4])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { Quad(*(p as *const [f32; 4])) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { *(p as *mut [f32; 4]) = self.0 }
+    }
+    #[inline(always)]
+    unsafe fn madd(self, a: Self, b: Self) -> Self {
+        if cfg!(target_arch = "aarch64") {
+            Quad(std::array::from_fn(|i| a.0[i].mul_add(b.0[i], self.0[i])))
+        } else {
+            Quad(std::array::from_fn(|i| self.0[i] + a.0[i] * b.0[i]))
+        }
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        self.map2(b, |a, b| a + b)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, b: Self) -> Self {
+        self.map2(b, |a, b| a - b)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        self.map2(b, |a, b| a * b)
+    }
+}
+
+/// Defines [`Vector`] for an x86 vector type with its intrinsics.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_vector {
+    ($ty:ty, $lanes:expr, $zero:ident, $set1:ident, $loadu:ident, $storeu:ident, $fmadd:ident, $add:ident, $sub:ident, $mul:ident) => {
+        impl Vector for $ty {
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                unsafe { std::arch::x86_64::$zero() }
+            }
+            #[inline(always)]
+            unsafe fn splat(x: f32) -> Self {
+                unsafe { std::arch::x86_64::$set1(x) }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                unsafe { std::arch::x86_64::$loadu(p) }
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut f32) {
+                unsafe { std::arch::x86_64::$storeu(p, self) }
+            }
+            #[inline(always)]
+            unsafe fn madd(self, a: Self, b: Self) -> Self {
+                unsafe { std::arch::x86_64::$fmadd(a, b, self) }
+            }
+            #[inline(always)]
+            unsafe fn add(self, b: Self) -> Self {
+                unsafe { std::arch::x86_64::$add(self, b) }
+            }
+            #[inline(always)]
+            unsafe fn sub(self, b: Self) -> Self {
+                unsafe { std::arch::x86_64::$sub(self, b) }
+            }
+            #[inline(always)]
+            unsafe fn mul(self, b: Self) -> Self {
+                unsafe { std::arch::x86_64::$mul(self, b) }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+x86_vector!(
+    std::arch::x86_64::__m512,
+    16,
+    _mm512_setzero_ps,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_sub_ps,
+    _mm512_mul_ps
+);
+#[cfg(target_arch = "x86_64")]
+x86_vector!(
+    std::arch::x86_64::__m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_sub_ps,
+    _mm256_mul_ps
+);
 
 /// A matrix's address, shared by parallel tasks that each touch their own elements (a method,
 /// so that closures capture `Shared`, not the pointer, which is not `Send`).

@@ -43,7 +43,7 @@ pub struct FastCpu {
     host: HostState,
     grads: Vec<Vec<f32>>,
     /// Per parameter tensor: whether the backward pass of this step has already taken its
-    /// optimizer step ([`dense_backward_weight`]).
+    /// optimizer step ([`dense_backward`]).
     updated: Vec<bool>,
     capacity: usize,
     /// `acts[0]` is the input batch, `acts[i + 1]` the output of layer `i`.
@@ -355,19 +355,16 @@ impl FastCpu {
                     let (w, b) = (l.weight.unwrap(), l.bias);
                     let (lo, hi) = self.grads.split_at_mut(w + 1);
                     let d_bias = b.map(|b| &mut hi[b - w - 1][..]);
-                    // The input gradient first: it needs the weights before this step's update,
-                    // which the weight gradient may take (then the optimizer's loop skips them).
-                    if !first {
-                        dense_backward_input(&s, d_y, &self.host.params[w], fold, d_x);
-                    }
                     let update = update.map(|(opt, t)| Update {
                         opt,
                         t,
-                        param: &mut self.host.params[w],
                         first: &mut self.host.velocity[w],
                         second: &mut self.host.second[w],
                     });
-                    self.updated[w] = dense_backward_weight(&s, x, d_y, &mut lo[w], d_bias, update);
+                    let weight = &mut self.host.params[w];
+                    let d_x = (!first).then_some(d_x);
+                    self.updated[w] =
+                        dense_backward(&s, x, d_y, weight, fold, d_x, &mut lo[w], d_bias, update);
                 }
                 Layer::BatchNorm => {
                     let (w, b) = (l.weight.unwrap(), l.bias.unwrap());
