@@ -1068,11 +1068,7 @@ pub fn dense_forward(
         .enumerate()
         .for_each(|(block, xt)| {
             let i0 = block * 64;
-            for (row, x) in input[..n * fin].chunks_exact(fin).enumerate() {
-                for (ii, &v) in x[i0..i0 + xt.len() / n].iter().enumerate() {
-                    xt[ii * n + row] = v;
-                }
-            }
+            winograd::transpose_strided(&input[i0..n * fin], fin, n, xt.len() / n, xt, n);
         });
     let xt = &*xt;
     let rows = fout

@@ -458,7 +458,30 @@ pub fn gradient_transform(
 /// AVX-512, whole blocks in registers: sixteen loads, 64 shuffles, sixteen stores; with AVX2,
 /// four 8 x 8 blocks in registers).
 pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    transpose_strided(src, cols, rows, cols, dst, rows);
+}
+
+/// [`transpose`] of a `rows x cols` block of a matrix with row stride `src_stride` into one of
+/// row stride `dst_stride`: `dst[j * dst_stride + i] = src[i * src_stride + j]`.
+pub fn transpose_strided(
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        cols <= src_stride && rows <= dst_stride,
+        "transpose: rows overlap"
+    );
+    let (src, dst) = (
+        &src[..(rows - 1) * src_stride + cols],
+        &mut dst[..(cols - 1) * dst_stride + rows],
+    );
     #[cfg(target_arch = "x86_64")]
     let isa = Isa::detect();
     for i0 in (0..rows).step_by(16) {
@@ -470,18 +493,18 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
                 // j0 + 16 <= cols) and inside `dst` likewise.
                 unsafe {
                     let (s, d) = (
-                        src.as_ptr().add(i0 * cols + j0),
-                        dst.as_mut_ptr().add(j0 * rows + i0),
+                        src.as_ptr().add(i0 * src_stride + j0),
+                        dst.as_mut_ptr().add(j0 * dst_stride + i0),
                     );
                     if isa == Isa::Avx512 {
-                        transpose16_avx512(s, cols, d, rows);
+                        transpose16_avx512(s, src_stride, d, dst_stride);
                     } else {
                         for (bi, bj) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
                             transpose8_avx2(
-                                s.add(bi * cols + bj),
-                                cols,
-                                d.add(bj * rows + bi),
-                                rows,
+                                s.add(bi * src_stride + bj),
+                                src_stride,
+                                d.add(bj * dst_stride + bi),
+                                dst_stride,
                             );
                         }
                     }
@@ -490,7 +513,7 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
             }
             for i in i0..(i0 + 16).min(rows) {
                 for j in j0..(j0 + 16).min(cols) {
-                    dst[j * rows + i] = src[i * cols + j];
+                    dst[j * dst_stride + i] = src[i * src_stride + j];
                 }
             }
         }
@@ -833,6 +856,26 @@ mod tests {
 
     /// The blocked (and, where the CPU has it, AVX-512) transpose against the definition, on
     /// sizes with whole and partial 16 x 16 blocks.
+    #[test]
+    fn transpose_strided_matches_the_definition() {
+        // A 33 x 40 block at column 7 of a 33 x 50 matrix, into rows of 37 (whole and partial
+        // 16 x 16 blocks, both strides wider than the block).
+        let (rows, cols, src_stride, dst_stride) = (33, 40, 50, 37);
+        let src: Vec<f32> = (0..rows * src_stride).map(|i| i as f32).collect();
+        let mut dst = vec![-1.0; cols * dst_stride];
+        transpose_strided(&src[7..], src_stride, rows, cols, &mut dst, dst_stride);
+        for j in 0..cols {
+            for i in 0..dst_stride {
+                let want = if i < rows {
+                    src[7 + i * src_stride + j]
+                } else {
+                    -1.0
+                };
+                assert_eq!(dst[j * dst_stride + i], want, "at ({i}, {j})");
+            }
+        }
+    }
+
     #[test]
     fn transpose_matches_the_definition() {
         for (rows, cols) in [(16, 16), (64, 156), (17, 33), (1, 5), (32, 16)] {
