@@ -1415,6 +1415,15 @@ fn wide_weight_tile<V: Vector, const C: usize, const R: usize>(
     let (fin, fout, width) = (a.fin, a.fout, C * V::LANES);
     assert!(o0 + R <= fout && j + width <= fin && packed.len() >= fout * width);
     assert!(xs.len() >= a.batch * width);
+    // The next tile's velocity into L1 while this one sums over the batch: its step would
+    // otherwise wait on each row.
+    if let Some((_, _, first, _)) = a.update {
+        for o in (o0 + R..o0 + 2 * R).take_while(|&o| o < fout) {
+            for k in (0..width).step_by(16) {
+                prefetch_l1(first.at(o * fin + j + k));
+            }
+        }
+    }
     // SAFETY: rows n < batch of x and d_y (asserted in the block), columns j..j + width <= fin
     // of x and o0..o0 + R <= fout of d_y; then rows o0 + r < fout, columns j..j + width of the
     // fout x fin weights, gradient and state buffers (these at least that long, asserted in
@@ -1492,6 +1501,19 @@ fn prefetch(p: *const f32) {
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Asks for the cache line holding `p` to be brought into L1.
+#[inline(always)]
+fn prefetch_l1(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
