@@ -1091,7 +1091,7 @@ pub struct Update<'a> {
 
 /// A dense layer's backward pass: `d_input[N, in] = d_y[N, out] * weight[out, in]` (when
 /// `d_input` is given, then passed back through `before`, [`Before`]), `d_weight[out, in] =
-/// d_y^T * x` and `d_bias` = the column sums of `d_y`. Narrow layers (at most [`NARROW`]
+/// d_y^T * x` and `d_bias` = the column sums of `d_y`. Narrow layers (at most `NARROW`, 16
 /// outputs) take the input gradient in parallel blocks of rows ([`dense_narrow_backward_input`])
 /// and the weight gradient in parallel blocks of columns ([`dense_narrow_backward_weight`]).
 /// Wider layers take both in one pass over the weights ([`dense_wide_backward_block`]) and,
@@ -1212,7 +1212,7 @@ unsafe impl Sync for WideBackward<'_> {}
 /// are touched once a step (sigmoid-bce's 4056 -> 100: the weights and their velocity are 3.2
 /// MB, more than this machine's L2; two SGEMMs and a separate optimizer step streamed them and
 /// the gradient several times). Then this block's input gradient goes back through `before`
-/// while it is in L2. Written with explicit vectors ([`Vector`]): the compiler's own
+/// while it is in L2. Written with explicit vectors (`Vector`): the compiler's own
 /// vectorisation of these tiles, written as the other kernels', came out scalar.
 pub fn dense_wide_backward_block(a: &WideBackward, j0: usize, cols: usize) {
     assert!(j0 + cols <= a.fin && a.x.len() >= a.batch * a.fin && a.d_y.len() >= a.batch * a.fout);
@@ -1276,15 +1276,15 @@ fn wide_block<V: Vector, const R: usize>(a: &WideBackward, j0: usize, cols: usiz
 }
 
 /// Columns `j..j + C * V::LANES` of [`dense_wide_backward_block`], in register tiles of `R`
-/// rows (then 4, then 1), with `packed` (at least `fout x C * V::LANES` floats) to hold the
-/// strip's weights.
+/// rows (then 4, then 1), with `packed` (at least `(fout + batch) x C * V::LANES` floats) to
+/// hold the strip's weights and inputs.
 ///
-/// The strip of weights is first copied into `packed`, contiguous: its rows are kilobytes apart
-/// in the weights (36 KB in `default`'s 9216 -> 128, a multiple of 4 KB, so that every row of a
-/// strip fell in the same two sets of L1 and the input gradient's tiles read them from L2 again
-/// and again). The copy also asks for a strip further on to be fetched into L2, weights and
-/// velocity: rows that far apart are beyond the hardware prefetchers, and a strip that waited
-/// for each of its rows spent most of its time waiting.
+/// The strip of weights and the batch's strip of inputs are first copied into `packed`,
+/// contiguous: their rows are kilobytes apart (36 KB in `default`'s 9216 -> 128, a multiple of
+/// 4 KB, so that every row of a strip fell in the same two sets of L1 and the tiles read them
+/// from L2 again and again). Meanwhile the tiles ask for the next strip (weights, velocity,
+/// inputs) to be fetched into L2: rows that far apart are beyond the hardware prefetchers, and a
+/// strip that waited for each of its rows spent most of its time waiting.
 #[inline(always)]
 fn wide_strip<V: Vector, const C: usize, const R: usize>(
     a: &WideBackward,
@@ -1381,7 +1381,7 @@ fn wide_input_tile<V: Vector, const C: usize, const R: usize>(
     if let Some(ahead) = ahead {
         for n in n0..n0 + R {
             for k in (0..width).step_by(16) {
-                prefetch(a.x[n * fin + ahead + k..].as_ptr());
+                prefetch(a.x[n * fin + ahead + k..].as_ptr(), false);
             }
         }
     }
@@ -1407,7 +1407,7 @@ fn wide_weight_tile<V: Vector, const C: usize, const R: usize>(
     if let Some((_, _, first, _)) = a.update {
         for o in (o0 + R..o0 + 2 * R).take_while(|&o| o < fout) {
             for k in (0..width).step_by(16) {
-                prefetch_l1(first.at(o * fin + j + k));
+                prefetch(first.at(o * fin + j + k), true);
             }
         }
     }
@@ -1463,9 +1463,9 @@ fn wide_weight_tile<V: Vector, const C: usize, const R: usize>(
     if let Some(ahead) = ahead {
         for o in o0..o0 + R {
             for k in (0..width).step_by(16) {
-                prefetch(a.weight.at(o * fin + ahead + k));
+                prefetch(a.weight.at(o * fin + ahead + k), false);
                 if let Some((_, _, first, _)) = a.update {
-                    prefetch(first.at(o * fin + ahead + k));
+                    prefetch(first.at(o * fin + ahead + k), false);
                 }
             }
         }
@@ -1480,30 +1480,21 @@ thread_local! {
 /// How many strips ahead [`wide_strip`] fetches weights.
 const PREFETCH_STRIPS: usize = 2;
 
-/// Asks for the cache line holding `p` to be brought into L2.
+/// Asks for the cache line holding `p` to be brought into L2 (or into L1 as well, with `l1`).
 #[inline(always)]
-fn prefetch(p: *const f32) {
+fn prefetch(p: *const f32, l1: bool) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults.
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        if l1 {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        } else {
+            _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Asks for the cache line holding `p` to be brought into L1.
-#[inline(always)]
-fn prefetch_l1(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    let _ = (p, l1);
 }
 
 /// A vector of `LANES` floats, for the kernels written with explicit vectors: AVX-512's and
@@ -1978,7 +1969,7 @@ impl Before<'_> {
 }
 
 crate::exec::fast::winograd::multiversion! {
-/// [`Direct::narrow`]: planes of `plane` floats in rows of `wp`, of which the first `ow` of the
+/// `Direct::narrow`: planes of `plane` floats in rows of `wp`, of which the first `ow` of the
 /// first `oh` rows are kept, biased and passed through `act`, each plane while it is in L1
 /// (compiled for each instruction set: in the executor's closure, baseline SSE2, this copy and
 /// the ReLU after it cost 4% of `default`'s step).

@@ -9,9 +9,10 @@
 //! - Other convolutions: im2col + SGEMM (`matrixmultiply`). The forward pass keeps each sample's
 //!   im2col matrix, `[in * k * k, out_h * out_w]`, for the weight gradient, then the input
 //!   gradient reuses that memory for its columns.
-//! - Dense layers: the forward pass as `W x^T` with [`winograd::gemm`], the gradients with SGEMM;
-//!   a wide layer's weights take their optimizer step inside the weight gradient, each block of
-//!   columns while its gradient is in cache. Narrow layers (classifiers) have their own kernels.
+//! - Dense layers: the forward pass as `W x^T` with [`winograd::gemm`]; a wide layer's backward
+//!   pass in one sweep over its weights, strip of columns by strip
+//!   ([`kernels::dense_wide_backward_block`]: input gradient, weight gradient and optimizer step,
+//!   the gradient never stored). Narrow layers (classifiers) have their own kernels.
 //! - A ReLU, tanh or sigmoid after a convolution is applied by the convolution. The backward pass
 //!   of an activation before a convolution or dense layer (or before a flatten before one), of a
 //!   ReLU before a max pool, and of an activation before a dropout is applied by that layer's
