@@ -2549,4 +2549,100 @@ mod tests {
         assert!(tanh_approx(f32::NAN).is_nan() && sigmoid_approx(f32::NAN).is_nan());
         eprintln!("worst: tanh {worst_tanh} ulp, sigmoid {worst_sigmoid} ulp, exp {worst_exp} ulp");
     }
+
+    /// The wide dense backward pass without an input gradient (a first layer, which the op and
+    /// network tests never have) and with each optimizer, against the plain gradient and
+    /// `Optimizer::update`; and its gradient alone, without a step. Column and output counts
+    /// that leave every kind of strip and tile.
+    #[test]
+    fn wide_dense_backward_steps_as_the_optimizer_would() {
+        let (batch, fin, fout) = (9, 250, 21);
+        let s = DenseShape {
+            batch,
+            in_features: fin,
+            out_features: fout,
+        };
+        let value = |i: usize, k: usize| ((i * k % 1000) as f32 - 500.0) / 500.0;
+        let x: Vec<f32> = (0..batch * fin).map(|i| value(i, 7919)).collect();
+        let d_y: Vec<f32> = (0..batch * fout).map(|i| value(i, 104_729)).collect();
+        let w0: Vec<f32> = (0..fout * fin).map(|i| 0.1 * value(i, 1_299_709)).collect();
+        let state: Vec<f32> = (0..fout * fin)
+            .map(|i| 0.01 * value(i, 15_485_863).abs())
+            .collect();
+        let mut g = vec![0.0; fout * fin];
+        for o in 0..fout {
+            for j in 0..fin {
+                g[o * fin + j] = (0..batch).map(|n| d_y[n * fout + o] * x[n * fin + j]).sum();
+            }
+        }
+        let close = |what: &str, got: &[f32], want: &[f32]| {
+            for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{what}[{i}]: {a} vs {b}"
+                );
+            }
+        };
+        // The gradient alone.
+        let (mut w, mut d_w, mut d_b) = (w0.clone(), vec![0.0; fout * fin], vec![0.0; fout]);
+        let stepped = dense_backward(
+            &s,
+            &x,
+            &d_y,
+            &mut w,
+            None,
+            None,
+            &mut d_w,
+            Some(&mut d_b),
+            None,
+        );
+        assert!(!stepped);
+        close("gradient", &d_w, &g);
+        let b_want: Vec<f32> = (0..fout)
+            .map(|o| (0..batch).map(|n| d_y[n * fout + o]).sum())
+            .collect();
+        close("bias gradient", &d_b, &b_want);
+        assert_eq!(w, w0, "no step without an optimizer");
+        let optimizers = [
+            Optimizer {
+                weight_decay: 1e-3,
+                ..Optimizer::sgd(0.1, 0.9)
+            },
+            Optimizer {
+                kind: OptimizerKind::Adam,
+                lr: 0.01,
+                ..Optimizer::default()
+            },
+        ];
+        for opt in optimizers {
+            let (mut w, mut m, mut v) = (w0.clone(), state.clone(), state.clone());
+            let mut d_w = vec![-7.0; fout * fin];
+            let update = Update {
+                opt,
+                t: 3,
+                first: &mut m,
+                second: &mut v,
+            };
+            assert!(dense_backward(
+                &s,
+                &x,
+                &d_y,
+                &mut w,
+                None,
+                None,
+                &mut d_w,
+                None,
+                Some(update)
+            ));
+            let (mut w_want, mut m_want, mut v_want) = (w0.clone(), state.clone(), state.clone());
+            opt.update(3, &mut w_want, &g, &mut m_want, &mut v_want);
+            close(&format!("{:?} weights", opt.kind), &w, &w_want);
+            close(&format!("{:?} first moment", opt.kind), &m, &m_want);
+            close(&format!("{:?} second moment", opt.kind), &v, &v_want);
+            assert!(
+                d_w.iter().all(|&d| d == -7.0),
+                "the gradient is not stored when stepped"
+            );
+        }
+    }
 }
