@@ -2583,20 +2583,13 @@ mod tests {
                 );
             }
         };
+        // No input gradient: a first layer.
+        let run = |w: &mut [f32], d_w: &mut [f32], d_b: Option<&mut [f32]>, u: Option<Update>| {
+            dense_backward(&s, &x, &d_y, w, None, None, d_w, d_b, u)
+        };
         // The gradient alone.
         let (mut w, mut d_w, mut d_b) = (w0.clone(), vec![0.0; fout * fin], vec![0.0; fout]);
-        let stepped = dense_backward(
-            &s,
-            &x,
-            &d_y,
-            &mut w,
-            None,
-            None,
-            &mut d_w,
-            Some(&mut d_b),
-            None,
-        );
-        assert!(!stepped);
+        assert!(!run(&mut w, &mut d_w, Some(&mut d_b), None));
         close("gradient", &d_w, &g);
         let b_want: Vec<f32> = (0..fout)
             .map(|o| (0..batch).map(|n| d_y[n * fout + o]).sum())
@@ -2623,17 +2616,7 @@ mod tests {
                 first: &mut m,
                 second: &mut v,
             };
-            assert!(dense_backward(
-                &s,
-                &x,
-                &d_y,
-                &mut w,
-                None,
-                None,
-                &mut d_w,
-                None,
-                Some(update)
-            ));
+            assert!(run(&mut w, &mut d_w, None, Some(update)));
             let (mut w_want, mut m_want, mut v_want) = (w0.clone(), state.clone(), state.clone());
             opt.update(3, &mut w_want, &g, &mut m_want, &mut v_want);
             close(&format!("{:?} weights", opt.kind), &w, &w_want);
