@@ -1282,9 +1282,10 @@ fn wide_block<V: Vector, const R: usize>(a: &WideBackward, j0: usize, cols: usiz
 /// The strip of weights and the batch's strip of inputs are first copied into `packed`,
 /// contiguous: their rows are kilobytes apart (36 KB in `default`'s 9216 -> 128, a multiple of
 /// 4 KB, so that every row of a strip fell in the same two sets of L1 and the tiles read them
-/// from L2 again and again). Meanwhile the tiles ask for the next strip (weights, velocity,
-/// inputs) to be fetched into L2: rows that far apart are beyond the hardware prefetchers, and a
-/// strip that waited for each of its rows spent most of its time waiting.
+/// from L2 again and again). Meanwhile the tiles ask for a strip further on
+/// ([`PREFETCH_STRIPS`]: weights, velocity, inputs) to be fetched into L2: rows that far apart
+/// are beyond the hardware prefetchers, and a strip that waited for each of its rows spent most
+/// of its time waiting.
 #[inline(always)]
 fn wide_strip<V: Vector, const C: usize, const R: usize>(
     a: &WideBackward,
@@ -1443,7 +1444,8 @@ fn wide_weight_tile<V: Vector, const C: usize, const R: usize>(
                     }
                 }
                 Some((opt, t, first, second)) => {
-                    let mut g = [0.0f32; 64];
+                    // A strip is at most two AVX-512 vectors wide.
+                    let mut g = [0.0f32; 32];
                     let g = &mut g[..width];
                     for (c, v) in acc.iter().enumerate() {
                         v.store(g[c * V::LANES..].as_mut_ptr());
@@ -1473,11 +1475,12 @@ fn wide_weight_tile<V: Vector, const C: usize, const R: usize>(
 }
 
 thread_local! {
-    /// Each thread's buffer for [`wide_strip`]'s strip of weights.
+    /// Each thread's buffer for [`wide_strip`]'s strip of weights and of inputs.
     static PACKED_STRIP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// How many strips ahead [`wide_strip`] fetches weights.
+/// How many strips ahead [`wide_strip`]'s tiles fetch weights, velocity and inputs (1 and 2
+/// measured alike).
 const PREFETCH_STRIPS: usize = 2;
 
 /// Asks for the cache line holding `p` to be brought into L2 (or into L1 as well, with `l1`).
@@ -1970,9 +1973,9 @@ impl Before<'_> {
 
 crate::exec::fast::winograd::multiversion! {
 /// `Direct::narrow`: planes of `plane` floats in rows of `wp`, of which the first `ow` of the
-/// first `oh` rows are kept, biased and passed through `act`, each plane while it is in L1
-/// (compiled for each instruction set: in the executor's closure, baseline SSE2, this copy and
-/// the ReLU after it cost 4% of `default`'s step).
+/// first `oh` rows are kept, biased and passed through `act` ([`Epilogue::apply`]), each plane
+/// while it is in L1 (compiled for each instruction set: in the executor's closure, baseline
+/// SSE2, this copy and the ReLU over the whole sample after it were slower).
 pub fn direct_narrow(
     wide: &[f32],
     plane_and_row: (usize, usize),
@@ -1989,12 +1992,7 @@ pub fn direct_narrow(
                 *y = v + b;
             }
         }
-        match act {
-            Epilogue::None => {}
-            Epilogue::Relu => y.iter_mut().for_each(|y| *y = if *y > 0.0 { *y } else { 0.0 }),
-            Epilogue::Tanh => y.iter_mut().for_each(|y| *y = tanh_approx(*y)),
-            Epilogue::Sigmoid => y.iter_mut().for_each(|y| *y = sigmoid_approx(*y)),
-        }
+        act.apply(y);
     }
 }
 }

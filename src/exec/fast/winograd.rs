@@ -854,8 +854,7 @@ fn tile<const L: usize, const R: usize, const FMA: bool>(
 mod tests {
     use super::*;
 
-    /// The blocked (and, where the CPU has it, AVX-512) transpose against the definition, on
-    /// sizes with whole and partial 16 x 16 blocks.
+    /// [`transpose_strided`] on a block of a wider matrix into a wider one.
     #[test]
     fn transpose_strided_matches_the_definition() {
         // A 33 x 40 block at column 7 of a 33 x 50 matrix, into rows of 37 (whole and partial
@@ -876,6 +875,8 @@ mod tests {
         }
     }
 
+    /// The blocked (and, where the CPU has it, AVX-512) transpose against the definition, on
+    /// sizes with whole and partial 16 x 16 blocks.
     #[test]
     fn transpose_matches_the_definition() {
         for (rows, cols) in [(16, 16), (64, 156), (17, 33), (1, 5), (32, 16)] {
