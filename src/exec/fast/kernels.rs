@@ -1970,10 +1970,11 @@ pub fn max_pool2d_backward(
                 }
                 Some(x) => {
                     let x = &x[n * in_len..][..in_len];
+                    // A select, not a branch: a ReLU's output is positive about half the time,
+                    // and the mispredicted branch cost `default`'s pool backward a third of
+                    // its 1.6 ms.
                     for (&i, &g) in arg.iter().zip(dy) {
-                        if x[i as usize] > 0.0 {
-                            dx[i as usize] += g;
-                        }
+                        dx[i as usize] += if x[i as usize] > 0.0 { g } else { 0.0 };
                     }
                 }
             }
