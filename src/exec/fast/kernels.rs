@@ -1318,12 +1318,18 @@ pub fn dense_backward(
         );
         Shared(d.as_mut_ptr())
     });
+    // d_y transposed, for the input gradient's tiles: a tile's rows of d_y for one output are
+    // then adjacent, read from one pointer (as the weight gradient's tiles read theirs).
+    let mut d_yt = D_Y_T.take();
+    d_yt.resize(n * fout, 0.0); // grows once per thread and layer size
+    winograd::transpose(d_y, n, fout, &mut d_yt);
     let wide = WideBackward {
         fin,
         fout,
         batch: n,
         x,
         d_y,
+        d_yt: &d_yt,
         weight: Shared(weight.as_mut_ptr()),
         d_x,
         before,
@@ -1335,6 +1341,7 @@ pub fn dense_backward(
         let j0 = block * width;
         dense_wide_backward_block(&wide, j0, width.min(fin - j0));
     });
+    D_Y_T.set(d_yt);
     stepped
 }
 
@@ -1347,6 +1354,8 @@ pub struct WideBackward<'a> {
     /// `batch x fin` and `batch x fout`.
     x: &'a [f32],
     d_y: &'a [f32],
+    /// `d_y` transposed: `fout x batch`.
+    d_yt: &'a [f32],
     /// `fout x fin`: read for the input gradient, then stepped when `update` is given.
     weight: Shared,
     /// `batch x fin`, if wanted.
@@ -1514,23 +1523,24 @@ fn wide_input_tile<V: Vector, const C: usize, const R: usize>(
 ) {
     let (fin, fout, width) = (a.fin, a.fout, C * V::LANES);
     assert!(n0 + R <= a.batch && j + width <= fin && packed.len() >= fout * width);
-    let d_y: [*const f32; R] = std::array::from_fn(|r| a.d_y[(n0 + r) * fout..].as_ptr());
+    assert!(a.d_yt.len() >= fout * a.batch);
     let d_x = a.d_x.unwrap();
     // SAFETY: rows n0..n0 + R < batch of d_y and d_x, columns o < fout of d_y, rows o < fout of
     // `packed`, and columns j..j + width <= fin of d_x, this task's own (asserted here and in
     // the block).
     unsafe {
         let mut acc = [[V::zero(); C]; R];
-        let mut w_row = packed.as_ptr();
-        for o in 0..fout {
+        let (mut w_row, mut d_y) = (packed.as_ptr(), a.d_yt.as_ptr().add(n0));
+        for _ in 0..fout {
             let w: [V; C] = std::array::from_fn(|c| V::load(w_row.add(c * V::LANES)));
-            for (acc, d_y) in acc.iter_mut().zip(&d_y) {
-                let g = V::splat(*d_y.add(o));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let g = V::splat(*d_y.add(r));
                 for (s, &w) in acc.iter_mut().zip(&w) {
                     *s = s.madd(g, w);
                 }
             }
             w_row = w_row.add(width);
+            d_y = d_y.add(a.batch);
         }
         for (r, acc) in acc.iter().enumerate() {
             let out = d_x.at((n0 + r) * fin + j);
@@ -1635,6 +1645,8 @@ fn wide_weight_tile<V: Vector, const C: usize, const R: usize>(
 }
 
 thread_local! {
+    /// The calling thread's buffer for [`dense_backward`]'s `d_y` transposed.
+    static D_Y_T: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Each thread's buffer for [`wide_strip`]'s strip of weights and of inputs.
     static PACKED_STRIP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
