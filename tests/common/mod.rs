@@ -471,9 +471,11 @@ impl OpRunner for FastRunner {
         d_y: &[f32],
         fused: Fused,
     ) -> Option<LayerResult> {
-        if fused.relu {
-            return None; // the fast executor fuses no ReLU into a dense forward pass
-        }
+        let act = if fused.relu {
+            fast::Epilogue::Relu
+        } else {
+            fast::Epilogue::None
+        };
         let mut r = LayerResult {
             output: vec![0.0; s.batch * s.out_features],
             d_input: vec![0.0; x.len()],
@@ -481,7 +483,7 @@ impl OpRunner for FastRunner {
             d_bias: vec![0.0; s.out_features],
         };
         let mut scratch = vec![0.0; fast::dense_scratch_len(s)];
-        fast::dense_forward(s, x, w, b, &mut r.output, &mut scratch);
+        fast::dense_forward(s, x, w, b, act, &mut r.output, &mut scratch);
         let mask = fused.relu_mask.then_some(fast::Before {
             act: fast::Epilogue::Relu,
             out: x,

@@ -1179,7 +1179,7 @@ fn narrow_weight_block<const R: usize, const FMA: bool>(
 /// reads both operands row-major (no packing): each thread transposes its block of `x`'s columns
 /// into `scratch` and multiplies all outputs' weights over those inputs (in slices of the inner
 /// dimension that stay in cache) into its own partial `y^T`; the partials are summed in order
-/// and transposed back. Split by inputs rather than outputs, each thread reads the weights its
+/// and transposed back, each row then passed through `act` (a fused `dense -> tanh`, etc.). Split by inputs rather than outputs, each thread reads the weights its
 /// own core stepped in the backward pass: `sigmoid-bce`'s dense100 forward went from 141-146 to
 /// 119-128 us a step (`bench --profile`), `default`'s dense128 from 994-1127 to 769-788 us.
 pub fn dense_forward(
@@ -1187,6 +1187,7 @@ pub fn dense_forward(
     input: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
+    act: Epilogue,
     output: &mut [f32],
     scratch: &mut [f32],
 ) {
@@ -1197,7 +1198,10 @@ pub fn dense_forward(
         output[..n * fout]
             .par_chunks_mut(block * fout)
             .zip(input[..n * fin].par_chunks(block * fin))
-            .for_each(|(y, x)| dense_narrow_forward(fin, x, &weight[..fout * fin], bias, y));
+            .for_each(|(y, x)| {
+                dense_narrow_forward(fin, x, &weight[..fout * fin], bias, y);
+                act.apply(y);
+            });
         return;
     }
     // Each thread takes the inputs whose columns of the weights it steps in the backward pass
@@ -1236,6 +1240,7 @@ pub fn dense_forward(
             }
             *y = v + bias.map_or(0.0, |b| b[o]);
         }
+        act.apply(y);
     }
 }
 

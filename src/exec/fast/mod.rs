@@ -61,8 +61,8 @@ pub struct FastCpu {
     dense_scratch: Vec<Vec<f32>>,
     /// Per batch normalization: the statistics of the last pass, `[mean[C], var[C]]`.
     norm_stats: Vec<Vec<f32>>,
-    /// Per layer: for a convolution followed by a ReLU, tanh or sigmoid, that activation, which
-    /// the convolution applies itself while its output is in cache (the activation's forward
+    /// Per layer: for a convolution or dense layer followed by a ReLU, tanh or sigmoid, that
+    /// activation, which the layer applies itself while its output is in cache (the activation's forward
     /// pass then only hands the buffer on; its backward pass is its own).
     epilogue: Vec<Epilogue>,
     /// Per dropout layer: the activation before it (not the network's first layer), whose
@@ -143,7 +143,9 @@ impl FastCpu {
         let kinds: Vec<&Layer> = net.layers.iter().map(|l| &l.layer).collect();
         let epilogue = (0..kinds.len())
             .map(|i| match kinds[i] {
-                Layer::Conv2d { .. } => Epilogue::before(kinds.get(i + 1).copied()),
+                Layer::Conv2d { .. } | Layer::Dense { .. } => {
+                    Epilogue::before(kinds.get(i + 1).copied())
+                }
                 _ => Epilogue::None,
             })
             .collect();
@@ -251,6 +253,7 @@ impl FastCpu {
                     x,
                     &self.host.params[l.weight.unwrap()],
                     bias,
+                    self.epilogue[i],
                     y,
                     &mut self.dense_scratch[i],
                 ),
