@@ -495,3 +495,63 @@ fn augmented_training_matches_the_reference_on_every_executor() {
         assert_eq!(r.correct, on.correct, "{device}: evaluation correct count");
     }
 }
+
+/// The fast CPU executor's training does not depend on how many threads run it: every sum it
+/// splits across tasks is split the same way whatever the number of cores (the weight
+/// gradients' batch chunks, the dense forward pass's blocks of inputs), so one, two and three
+/// threads give the same parameters bit for bit.
+#[test]
+fn fast_cpu_training_is_the_same_on_any_number_of_threads() {
+    if !executor_wanted("fast") {
+        return;
+    }
+    let data = mnist_subset(40);
+    // Wide dense layers (split by inputs forward, by columns backward), Winograd, direct and
+    // im2col convolutions, a narrow classifier.
+    let spec = "conv4k3-sigmoid-conv8k3p1-relu-maxpool2-dense40-tanh-dense20-relu-dense10";
+    let net = Network::new(
+        &NetSpec::parse(spec).unwrap(),
+        Shape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        },
+    )
+    .unwrap();
+    let params = net.init_params(3);
+    let train = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut exec = FastCpu::new(
+                net.clone(),
+                params.clone(),
+                data.clone(),
+                data.clone(),
+                Normalization::UNIT,
+                3,
+                16,
+            );
+            let order: Vec<u32> = (0..data.len() as u32).collect();
+            exec.begin_epoch(&order).unwrap();
+            for step in 0..3 {
+                let opt = Optimizer::sgd(0.05, 0.9);
+                exec.train_step(step * 13, 13, step as u32, opt).unwrap();
+            }
+            exec.parameters().unwrap()
+        })
+    };
+    let one = train(1);
+    for threads in [2, 3] {
+        let many = train(threads);
+        for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+            let same = a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "parameter {i} differs between 1 and {threads} threads"
+            );
+        }
+    }
+}

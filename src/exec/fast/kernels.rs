@@ -870,10 +870,10 @@ fn row_block(batch: usize) -> usize {
     batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
-/// Scratch floats [`dense_forward`] needs: the input transposed and, for each thread, the
-/// output transposed.
+/// Scratch floats [`dense_forward`] needs: the input transposed and, for each block of its
+/// columns, a partial output, transposed.
 pub fn dense_scratch_len(s: &DenseShape) -> usize {
-    s.batch * (s.in_features + s.out_features * rayon::current_num_threads().max(1))
+    s.batch * (s.in_features + s.out_features * REDUCE_CHUNKS)
 }
 
 /// Layers with at most this many outputs (the classifiers) take the narrow kernels: one dot
@@ -1176,12 +1176,14 @@ fn narrow_weight_block<const R: usize, const FMA: bool>(
 }
 
 /// `y[N, out] = x[N, in] * weight^T + bias`, as `y^T = weight * x^T` so that [`winograd::gemm`]
-/// reads both operands row-major (no packing): each thread transposes its block of `x`'s columns
-/// into `scratch` and multiplies all outputs' weights over those inputs (in slices of the inner
-/// dimension that stay in cache) into its own partial `y^T`; the partials are summed in order
-/// and transposed back, each row then passed through `act` (a fused `dense -> tanh`, etc.). Split by inputs rather than outputs, each thread reads the weights its
-/// own core stepped in the backward pass: `sigmoid-bce`'s dense100 forward went from 141-146 to
-/// 119-128 us a step (`bench --profile`), `default`'s dense128 from 994-1127 to 769-788 us.
+/// reads both operands row-major (no packing): a task for each block of `x`'s columns (a fixed
+/// number of them) transposes its block into `scratch` and multiplies all outputs' weights over
+/// those inputs (in slices of the inner dimension that stay in cache) into its own partial
+/// `y^T`; the partials are summed in order and transposed back, each row then passed through
+/// `act` (a fused `dense -> tanh`, etc.). Split by inputs rather than outputs, each thread reads
+/// the weights its own core stepped in the backward pass: `sigmoid-bce`'s dense100 forward went
+/// from 141-146 to 119-128 us a step (`bench --profile`), `default`'s dense128 from 994-1127 to
+/// 769-788 us.
 pub fn dense_forward(
     s: &DenseShape,
     input: &[f32],
@@ -1204,22 +1206,21 @@ pub fn dense_forward(
             });
         return;
     }
-    // Each thread takes the inputs whose columns of the weights it steps in the backward pass
-    // (`dense_backward`: blocks of `column_block_width`, two a thread, the first two to the
-    // first thread), so that the weights it reads were last written by its own core: a block of
-    // the input transposed, its product with all outputs, into its own partial `y^T`.
+    // The inputs in `REDUCE_CHUNKS` blocks of columns, whatever the number of threads (so that
+    // the sums, and the results, do not depend on it), a task each: its block of the input
+    // transposed, and its product with all outputs' weights into its own partial `y^T`. The
+    // tasks go to the threads in order, as `dense_backward`'s blocks of columns do, so that each
+    // thread reads the weights its own core stepped last.
+    let parts = REDUCE_CHUNKS.min(fin);
     let (xt, rest) = scratch.split_at_mut(n * fin);
-    let width = 2 * column_block_width(fin);
-    let parts = fin.div_ceil(width).min(rest.len() / (fout * n));
-    let width = fin.div_ceil(parts).next_multiple_of(width / 2);
+    let yts = &mut rest[..parts * fout * n];
     let mut pieces = Vec::with_capacity(parts);
-    let (mut xt, mut yt) = (xt, &mut rest[..parts * fout * n]);
+    let (mut xt, mut yt) = (xt, &mut *yts);
     for p in 0..parts {
-        let k0 = p * width;
-        let len = width.min(fin - k0.min(fin));
-        let (x_here, x_rest) = std::mem::take(&mut xt).split_at_mut(len * n);
+        let (k0, k1) = (p * fin / parts, (p + 1) * fin / parts);
+        let (x_here, x_rest) = std::mem::take(&mut xt).split_at_mut((k1 - k0) * n);
         let (y_here, y_rest) = std::mem::take(&mut yt).split_at_mut(fout * n);
-        pieces.push((k0, len, x_here, y_here));
+        pieces.push((k0, k1 - k0, x_here, y_here));
         (xt, yt) = (x_rest, y_rest);
     }
     pieces.par_iter_mut().for_each(|(k0, len, xt, yt)| {
@@ -1231,14 +1232,10 @@ pub fn dense_forward(
             winograd::gemm(fout, l, n, w, fin, &xt[i0 * n..], n, yt, n, i0 > 0);
         }
     });
-    let (first, rest) = rest.split_at(fout * n);
+    reduce_chunks(yts, fout * n, parts);
     for (row, y) in output[..n * fout].chunks_exact_mut(fout).enumerate() {
         for (o, y) in y.iter_mut().enumerate() {
-            let mut v = first[o * n + row];
-            for part in rest.chunks_exact(fout * n).take(parts - 1) {
-                v += part[o * n + row];
-            }
-            *y = v + bias.map_or(0.0, |b| b[o]);
+            *y = yts[o * n + row] + bias.map_or(0.0, |b| b[o]);
         }
         act.apply(y);
     }

@@ -62,8 +62,8 @@ pub struct FastCpu {
     /// Per batch normalization: the statistics of the last pass, `[mean[C], var[C]]`.
     norm_stats: Vec<Vec<f32>>,
     /// Per layer: for a convolution or dense layer followed by a ReLU, tanh or sigmoid, that
-    /// activation, which the layer applies itself while its output is in cache (the activation's forward
-    /// pass then only hands the buffer on; its backward pass is its own).
+    /// activation, which the layer applies itself while its output is in cache (the
+    /// activation's forward pass then only hands the buffer on; its backward pass is its own).
     epilogue: Vec<Epilogue>,
     /// Per dropout layer: the activation before it (not the network's first layer), whose
     /// backward pass the dropout's folds in (the activation's then only hands the buffer on).
