@@ -9,19 +9,21 @@
 //! - Other convolutions: im2col + SGEMM (`matrixmultiply`). The forward pass keeps each sample's
 //!   im2col matrix, `[in * k * k, out_h * out_w]`, for the weight gradient, then the input
 //!   gradient reuses that memory for its columns.
-//! - Dense layers: the forward pass as `W x^T` with [`winograd::gemm`]; a wide layer's backward
-//!   pass in one sweep over its weights, strip of columns by strip
-//!   ([`kernels::dense_wide_backward_block`]: input gradient, weight gradient and optimizer step,
-//!   the gradient never stored). Narrow layers (classifiers) have their own kernels.
-//! - A ReLU, tanh or sigmoid after a convolution is applied by the convolution. The backward pass
+//! - Dense layers: the forward pass as `W x^T` with [`winograd::gemm`], in a fixed number of
+//!   blocks of inputs; a wide layer's backward pass in one sweep over its weights, strip of
+//!   columns by strip ([`kernels::dense_wide_backward_block`]: input gradient, weight gradient
+//!   and optimizer step, the gradient never stored). Both give each thread the same columns of
+//!   the weights. Narrow layers (classifiers) have their own kernels.
+//! - A ReLU, tanh or sigmoid after a convolution or dense layer is applied by it. The backward pass
 //!   of an activation before a convolution or dense layer (or before a flatten before one), of a
 //!   ReLU before a max pool, and of an activation before a dropout is applied by that layer's
 //!   input gradient, and so is a dropout's (with the activation before it) by a dense layer after
 //!   it. The folded layer itself then only hands its buffer on, as a flatten does.
 //!
 //! Layouts are the reference's (NCHW, PyTorch parameter layouts). Weight gradients are summed over
-//! a fixed number of batch chunks (not one per thread), so results do not depend on how many cores
-//! there are.
+//! a fixed number of batch chunks (not one per thread), and a dense forward pass over a fixed
+//! number of blocks of inputs, so results do not depend on how many cores there are
+//! (`tests/network.rs` checks one, two and three threads).
 
 pub mod kernels;
 pub mod winograd;
