@@ -485,7 +485,7 @@ const SUM_LANES: usize = 16;
 /// Adds one sample's weight and bias gradient of a [`Direct`] layer into `sums`, lane by lane
 /// ([`direct_sums_len`]: per channel `o`, a sum for each tap `r` of `d_wide[o][p] xp[p +
 /// off[r]]` over the pixels `p`, then one of `d_wide[o][p]`, the bias's), `d_wide` being the
-/// output gradient laid out wide (zero past the output's width). [`direct_sums_finish`] adds
+/// output gradient laid out wide (zero past the output's width). `direct_sums_finish` adds
 /// the lanes up once a chunk of samples is done.
 ///
 /// For the usual layer (one input channel, 3x3: nine taps) the sums stay in registers over a
@@ -2422,7 +2422,7 @@ pub fn tanh_in_place(y: &mut [f32]) {
 }
 }
 
-/// [`sigmoid_forward`] in place: with AVX-512, [`sigmoid_avx512`].
+/// [`sigmoid_forward`] in place: with AVX-512, `sigmoid_avx512` (below).
 pub fn sigmoid_in_place(y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if winograd::Isa::detect() == winograd::Isa::Avx512 {
