@@ -1206,32 +1206,27 @@ pub fn dense_forward(
             });
         return;
     }
-    // The inputs in `REDUCE_CHUNKS` blocks of columns, whatever the number of threads (so that
-    // the sums, and the results, do not depend on it), a task each: its block of the input
-    // transposed, and its product with all outputs' weights into its own partial `y^T`. The
-    // tasks go to the threads in order, as `dense_backward`'s blocks of columns do, so that each
-    // thread reads the weights its own core stepped last.
-    let parts = REDUCE_CHUNKS.min(fin);
+    // The inputs in at most `REDUCE_CHUNKS` blocks of columns, whatever the number of threads
+    // (so that the sums, and the results, do not depend on it), a task each: its block of the
+    // input transposed, and its product with all outputs' weights into its own partial `y^T`.
+    // The tasks go to the threads in order, as `dense_backward`'s blocks of columns do, so that
+    // each thread reads the weights its own core stepped last.
+    let block = fin.div_ceil(REDUCE_CHUNKS);
+    let parts = fin.div_ceil(block);
     let (xt, rest) = scratch.split_at_mut(n * fin);
     let yts = &mut rest[..parts * fout * n];
-    let mut pieces = Vec::with_capacity(parts);
-    let (mut xt, mut yt) = (xt, &mut *yts);
-    for p in 0..parts {
-        let (k0, k1) = (p * fin / parts, (p + 1) * fin / parts);
-        let (x_here, x_rest) = std::mem::take(&mut xt).split_at_mut((k1 - k0) * n);
-        let (y_here, y_rest) = std::mem::take(&mut yt).split_at_mut(fout * n);
-        pieces.push((k0, k1 - k0, x_here, y_here));
-        (xt, yt) = (x_rest, y_rest);
-    }
-    pieces.par_iter_mut().for_each(|(k0, len, xt, yt)| {
-        let (k0, len) = (*k0, *len);
-        winograd::transpose_strided(&input[k0..n * fin], fin, n, len, xt, n);
-        for i0 in (0..len).step_by(SLICE) {
-            let l = SLICE.min(len - i0);
-            let w = &weight[k0 + i0..];
-            winograd::gemm(fout, l, n, w, fin, &xt[i0 * n..], n, yt, n, i0 > 0);
-        }
-    });
+    xt.par_chunks_mut(block * n)
+        .zip(yts.par_chunks_mut(fout * n))
+        .enumerate()
+        .for_each(|(p, (xt, yt))| {
+            let (k0, len) = (p * block, xt.len() / n);
+            winograd::transpose_strided(&input[k0..n * fin], fin, n, len, xt, n);
+            for i0 in (0..len).step_by(SLICE) {
+                let l = SLICE.min(len - i0);
+                let w = &weight[k0 + i0..];
+                winograd::gemm(fout, l, n, w, fin, &xt[i0 * n..], n, yt, n, i0 > 0);
+            }
+        });
     reduce_chunks(yts, fout * n, parts);
     for (row, y) in output[..n * fout].chunks_exact_mut(fout).enumerate() {
         for (o, y) in y.iter_mut().enumerate() {
@@ -1323,8 +1318,10 @@ pub fn dense_backward(
     // d_y transposed, for the input gradient's tiles: a tile's rows of d_y for one output are
     // then adjacent, read from one pointer (as the weight gradient's tiles read theirs).
     let mut d_yt = D_Y_T.take();
-    d_yt.resize(n * fout, 0.0); // grows once per thread and layer size
-    winograd::transpose(d_y, n, fout, &mut d_yt);
+    if d_x.is_some() {
+        d_yt.resize(n * fout, 0.0); // grows once per thread and layer size
+        winograd::transpose(d_y, n, fout, &mut d_yt);
+    }
     let wide = WideBackward {
         fin,
         fout,
@@ -2344,24 +2341,34 @@ fn dropout_backward_in_place(scale: f32, keep: &[u8], act: Epilogue, t: &[f32], 
 // step went to its tanh).
 // ---------------------------------------------------------------------------------------------
 
+// `exp_approx`'s constants, shared with `sigmoid_avx512`: the range it clamps to, ln 2 in two
+// parts (the first exact in few bits, so that `n * ln 2` is exact in it) and the coefficients of
+// `e^r = 1 + r + r² P(r)` on `|r| <= ln 2 / 2`, highest first.
+const EXP_RANGE: (f32, f32) = (-87.3, 88.3);
+const LN2_PARTS: (f32, f32) = (0.693_359_4, -2.121_944_4e-4);
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// e^x, Cephes' `expf`: x = n ln 2 + r with |r| <= ln 2 / 2, a degree-6 polynomial in r, times
 /// 2^n put straight into the exponent bits. Within 1 ulp of e^x for x in [-87.3, 88.3], the range
 /// it clamps to (so 2^n stays a normal number); NaN stays NaN. No branch and no table, so a loop
 /// calling it vectorises on every instruction set.
 #[inline(always)]
 pub fn exp_approx(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.3);
+    let x = x.clamp(EXP_RANGE.0, EXP_RANGE.1);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    // ln 2 in two parts, the first exact in few bits, so that n * C1 is exact.
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5)
-        * (r * r)
-        + r
-        + 1.0;
+    let r = x - n * LN2_PARTS.0 - n * LN2_PARTS.1;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
+    let p = p * (r * r) + r + 1.0;
     // 2^n: n + 127 (in 1..=254) lands in the low mantissa bits of 1.5 * 2^23 + n + 127, and the
     // shift moves it into the exponent (a float-to-int `as` would saturate, which AVX2 does not
     // do in one instruction).
@@ -2461,23 +2468,15 @@ fn sigmoid_avx512(y: &mut [f32]) {
             let x = _mm512_loadu_ps(p);
             // e^-x: a = -x clamped (NaN kept: max and min return their second operand then).
             let a = _mm512_sub_ps(_mm512_setzero_ps(), x);
-            let a = _mm512_min_ps(
-                _mm512_set1_ps(88.3),
-                _mm512_max_ps(_mm512_set1_ps(-87.3), a),
-            );
+            let (lo, hi) = EXP_RANGE;
+            let a = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), a));
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                 _mm512_mul_ps(a, _mm512_set1_ps(std::f32::consts::LOG2_E)),
             );
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), a);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-            let mut q = _mm512_set1_ps(1.987_569_1e-4);
-            for c in [
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                0.5,
-            ] {
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_PARTS.0), a);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_PARTS.1), r);
+            let mut q = _mm512_set1_ps(EXP_POLY[0]);
+            for &c in &EXP_POLY[1..] {
                 q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(c));
             }
             let e = _mm512_add_ps(_mm512_fmadd_ps(q, _mm512_mul_ps(r, r), r), one);
